@@ -1,0 +1,81 @@
+# gls_np: two-command setup.  `make demo` trains a tiny model, `make test` runs the suite.
+# Everything runs from the project virtualenv .venv (created on first use).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# The mpich wheel installs its own mpiexec (Hydra) into the venv's bin/. It runs as root
+# without extra flags; `-launcher fork` keeps Hydra from ever trying ssh (single host only).
+MPIEXEC       ?= $(VENV)/bin/mpiexec
+MPIEXEC_FLAGS ?= -launcher fork
+# Hydra kills a hung MPI job after this many seconds (exit 255) instead of hanging CI.
+export MPIEXEC_TIMEOUT ?= 1800
+
+# Extra arguments for both pytest runs, e.g. `make test PYTEST_ARGS="-k conv -x"`.
+PYTEST_ARGS ?=
+
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+SHARED_DATA := $(abspath $(ROOT)/../shared/data)
+
+# Read-only mirror of the datasets, used when present unless the user set it already.
+ifeq ($(origin GLS_NP_DATA_MIRROR),undefined)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+export GLS_NP_DATA_MIRROR := $(SHARED_DATA)
+endif
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-main test-mpi demo bench clean distclean
+
+help:
+	@echo "make demo       train CNN3 on MNIST for one epoch, then inspect the checkpoint"
+	@echo "make test       run the test suite (mpi-marked tests under mpiexec -n 2, then the rest)"
+	@echo "make bench      run benchmarks/run.py"
+	@echo "make venv       create $(VENV) and install gls_np with test extras (editable)"
+	@echo "make clean      remove caches and build outputs; distclean also removes $(VENV)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+# No tests collected (pytest exit 5) is a failure for the main run.
+test-main: venv
+	@$(PY) -m pytest -m "not mpi" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; fi; \
+	exit $$rc
+
+# ... but is fine for the MPI run while there are no mpi-marked tests.
+test-mpi: venv
+	@$(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 $(PY) -m pytest -m mpi -q -p no:cacheprovider $(PYTEST_ARGS); \
+	rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no mpi-marked tests collected (ok)"; exit 0; fi; \
+	exit $$rc
+
+# The MPI run goes first so that the main run's summary (with its skip report) closes the
+# output; both always run, and either failing fails `make test`.
+test: venv
+	@$(MAKE) --no-print-directory test-mpi; mpi=$$?; \
+	$(MAKE) --no-print-directory test-main; main=$$?; \
+	if [ $$mpi -ne 0 ]; then echo "make test: the MPI run failed (exit $$mpi)" >&2; fi; \
+	test $$mpi -eq 0 && test $$main -eq 0
+
+demo: venv
+	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 \
+	    --batch-size 64 --lr 1e-3 --seed 0 --out runs/demo
+	$(PY) -m gls_np inspect runs/demo/checkpoint.h5
+
+bench: venv
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis runs/demo
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

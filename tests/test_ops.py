@@ -1,0 +1,247 @@
+"""Every primitive's VJP against central finite differences (float64).
+
+The dot-product test of HIPS/autograd: for random cotangent u and direction v,
+<u, (f(a + h v) - f(a - h v)) / 2h> must equal <VJP(u), v>.
+"""
+
+import numpy as np
+import pytest
+
+from gls_np import ops
+from gls_np.tensor import Tensor, value_and_grad
+
+
+def check_vjp(f, args, rng, h=1e-6, rtol=1e-6):
+    """Check d f / d args[i] for every float argument i by the dot-product test."""
+    out = f(*args)
+    u = rng.standard_normal(np.shape(out))
+    for i, a in enumerate(args):
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float64):
+            continue
+        leaves = [Tensor(x, requires_grad=True) if j == i else x for j, x in enumerate(args)]
+        res = f(*leaves)
+        res.backward(u)
+        v = rng.standard_normal(a.shape)
+        plus = [x + h * v if j == i else x for j, x in enumerate(args)]
+        minus = [x - h * v if j == i else x for j, x in enumerate(args)]
+        fd = (f(*plus) - f(*minus)) / (2 * h)
+        lhs = float(np.sum(leaves[i].grad * v))
+        rhs = float(np.sum(u * fd))
+        assert leaves[i].grad.shape == a.shape, (i, leaves[i].grad.shape, a.shape)
+        assert np.isclose(lhs, rhs, rtol=rtol, atol=1e-8 * (1 + abs(rhs))), (i, lhs, rhs)
+
+
+def away_from_zero(rng, shape):
+    """Values with |x| >= 0.1 so kinks (abs, relu) are never crossed by h."""
+    x = rng.standard_normal(shape)
+    return np.where(np.abs(x) < 0.1, np.sign(x) * 0.1 + x, x)
+
+
+BINARY_SHAPES = [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((2, 1, 4), (1, 3, 1)), ((5,), ())]
+
+
+@pytest.mark.parametrize("op", [ops.add, ops.sub, ops.mul, ops.div, ops.maximum, ops.minimum])
+@pytest.mark.parametrize("shapes", BINARY_SHAPES)
+def test_binary_vjp(op, shapes, rng):
+    a = away_from_zero(rng, shapes[0])
+    b = away_from_zero(rng, shapes[1]) + (0.05 if op in (ops.maximum, ops.minimum) else 0)
+    check_vjp(op, [a, np.asarray(b)], rng)
+
+
+@pytest.mark.parametrize(
+    "op", [ops.neg, ops.abs, ops.relu, ops.exp, lambda x: ops.log(ops.abs(x))]
+)
+def test_unary_vjp(op, rng):
+    check_vjp(op, [away_from_zero(rng, (3, 5))], rng)
+
+
+def test_where_and_clip_vjp(rng):
+    a, b = rng.standard_normal((4, 5)), rng.standard_normal((5,))
+    cond = rng.random((4, 5)) > 0.5
+    check_vjp(lambda a, b: ops.where(cond, a, b), [a, b], rng)
+    x = rng.uniform(-2, 2, (4, 5))
+    x[np.abs(np.abs(x) - 1) < 0.05] = 0.0
+    check_vjp(lambda x: ops.clip(x, -1.0, 1.0), [x], rng)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda a: ops.reshape(a, (6, 4)),
+        lambda a: ops.transpose(a, (2, 0, 1)),
+        lambda a: ops.transpose(a),
+        lambda a: ops.swapaxes(a, 0, 2),
+        lambda a: ops.broadcast_to(ops.reshape(a, (1, 2, 3, 4)), (5, 2, 3, 4)),
+        lambda a: ops.getitem(a, (slice(None), 1, slice(1, 3))),
+        lambda a: ops.getitem(a, (Ellipsis, None, 2)),
+        lambda a: ops.pad(a, ((0, 0), (1, 2), (2, 0))),
+        lambda a: ops.sum(a),
+        lambda a: ops.sum(a, axis=1),
+        lambda a: ops.sum(a, axis=(0, 2), keepdims=True),
+        lambda a: ops.mean(a, axis=-1),
+        lambda a: ops.logsumexp(a, axis=-1),
+        lambda a: ops.logsumexp(a, axis=1, keepdims=True),
+        lambda a: ops.concatenate([a, 2 * a[:, :1]], axis=1),
+    ],
+)
+def test_shape_and_reduction_vjp(fn, rng):
+    check_vjp(fn, [rng.standard_normal((2, 3, 4))], rng)
+
+
+def test_gather_vjp(rng):
+    a = rng.standard_normal((3, 4, 6))
+    idx = rng.integers(0, 6, (3, 4))
+    check_vjp(lambda a: ops.gather(a, idx), [a], rng)
+    np.testing.assert_array_equal(ops.gather(a, idx), np.take_along_axis(a, idx[..., None], -1)[..., 0])
+
+
+@pytest.mark.parametrize(
+    "sa,sb",
+    [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((2, 3, 4), (2, 4, 5)),
+     ((1, 3, 4), (2, 4, 5)), ((2, 6, 3, 4), (2, 1, 4, 5))],
+)
+def test_matmul_vjp(sa, sb, rng):
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    np.testing.assert_allclose(ops.matmul(a, b), np.matmul(a, b), rtol=1e-12)
+    check_vjp(ops.matmul, [a, b], rng)
+
+
+def naive_conv(x, W, stride, padding):
+    """Direct loop over every output pixel: the definition of PyTorch's Conv2d."""
+    B, C, H, Wd = x.shape
+    O, _, kh, kw = W.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (Wd + 2 * padding - kw) // stride + 1
+    out = np.zeros((B, O, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            patch = xp_[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+            out[:, :, i, j] = np.einsum("bchw,ochw->bo", patch, W)
+    return out
+
+
+CONV_CASES = [
+    # (B, C, H, W, O, k, stride, padding)
+    (2, 1, 7, 7, 3, 3, 1, 0),
+    (2, 2, 8, 6, 3, 3, 2, 1),
+    (3, 1, 9, 9, 2, 5, 2, 2),
+    (1, 3, 6, 7, 4, 4, 2, 1),
+    (2, 2, 5, 5, 2, 2, 3, 0),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_matches_naive_loop(case, rng):
+    B, C, H, W_, O, k, s, p = case
+    x = rng.standard_normal((B, C, H, W_))
+    W = rng.standard_normal((O, C, k, k))
+    np.testing.assert_allclose(ops.conv2d(x, W, s, p), naive_conv(x, W, s, p), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_vjp(case, rng):
+    B, C, H, W_, O, k, s, p = case
+    x, W = rng.standard_normal((B, C, H, W_)), rng.standard_normal((O, C, k, k))
+    check_vjp(lambda x, W: ops.conv2d(x, W, s, p), [x, W], rng)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_T_is_the_adjoint_and_its_vjp(case, rng):
+    B, C, H, W_, O, k, s, p = case
+    x, W = rng.standard_normal((B, C, H, W_)), rng.standard_normal((O, C, k, k))
+    y = ops.conv2d(x, W, s, p)
+    u = rng.standard_normal(y.shape)
+    xt = ops.conv2d_T(u, W, s, p, in_hw=(H, W_))
+    assert np.isclose(np.sum(y * u), np.sum(x * xt), rtol=1e-10)
+    check_vjp(lambda u, W: ops.conv2d_T(u, W, s, p, in_hw=(H, W_)), [u, W], rng)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_population_conv_equals_member_convs(shared, rng):
+    P, B, C, H, O, k, s, p = 3, 2, 2, 8, 4, 3, 2, 1
+    Ws = rng.standard_normal((P, O, C, k, k))
+    x = rng.standard_normal((1 if shared else P, B, C, H, H))
+    out = ops.conv2d(x, Ws, s, p)
+    assert out.shape[:2] == (P, B)
+    for i in range(P):
+        np.testing.assert_allclose(out[i], naive_conv(x[0 if shared else i], Ws[i], s, p), rtol=1e-12)
+    check_vjp(lambda x, W: ops.conv2d(x, W, s, p), [x, Ws], rng)
+    u = rng.standard_normal(out.shape)
+    back = ops.conv2d_T(u, Ws, s, p, in_hw=(H, H))
+    for i in range(P):
+        np.testing.assert_allclose(back[i], ops.conv2d_T(u[i], Ws[i], s, p, in_hw=(H, H)), rtol=1e-12)
+    u1 = rng.standard_normal((1 if shared else P, *out.shape[1:]))
+    check_vjp(lambda u, W: ops.conv2d_T(u, W, s, p, in_hw=(H, H)), [u1, Ws], rng)
+
+
+def test_conv_with_extra_batch_axes(rng):
+    """Back-substitution carries (B, S) batch axes: conv folds them like one batch."""
+    A = rng.standard_normal((2, 3, 4, 5, 5))
+    W = rng.standard_normal((4, 2, 3, 3))
+    out = ops.conv2d_T(A, W, 1, 1, in_hw=(5, 5))
+    ref = ops.conv2d_T(A.reshape(6, 4, 5, 5), W, 1, 1, in_hw=(5, 5)).reshape(2, 3, 2, 5, 5)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+
+
+def test_untaped_calls_return_bare_arrays(rng):
+    a = rng.standard_normal((2, 3))
+    assert isinstance(ops.relu(a), np.ndarray)
+    assert isinstance(ops.matmul(a, a.T), np.ndarray)
+
+
+def test_tape_shares_subexpressions_and_operators(rng):
+    a = rng.standard_normal((3,))
+
+    def f(x):
+        y = x * x  # used twice: gradients must add up
+        return ops.sum(y + y * 3.0 - x / 2.0)
+
+    val, (g,) = value_and_grad(f, a)
+    np.testing.assert_allclose(val, np.sum(4 * a * a - a / 2))
+    np.testing.assert_allclose(g, 8 * a - 0.5)
+    # an array on the left of an operator must defer to the Tensor
+    t = Tensor(a, requires_grad=True)
+    out = ops.sum(np.ones(3) * t + np.ones(3) - t)
+    out.backward()
+    np.testing.assert_allclose(t.grad, np.zeros(3))
+
+
+def test_bad_shapes_raise_clear_errors(rng):
+    with pytest.raises(ValueError, match="expects input"):
+        ops.conv2d(rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 2, 3, 3)))
+    with pytest.raises(ValueError, match="2-D or more"):
+        ops.matmul(rng.standard_normal(3), rng.standard_normal((3, 2)))
+
+
+def _composite(x, y):
+    """A small function with shared subexpressions and a broadcast, for recompute tests."""
+    z = ops.mul(ops.exp(x), y)
+    return ops.sum(ops.add(z, ops.mul(z, x)), axis=0)
+
+
+def test_recompute_vjp(rng):
+    x, y = rng.standard_normal((3, 4)), rng.standard_normal((4,))
+    check_vjp(lambda a, b: ops.recompute(_composite, a, b), [x, y], rng)
+    # nested: an outer recompute whose function itself recomputes
+    def nested(a, b):
+        return ops.recompute(lambda p, q: ops.recompute(_composite, p, q), a, b)
+
+    check_vjp(nested, [x, y], rng)
+
+
+def test_recompute_matches_the_taped_function(rng):
+    x, y = rng.standard_normal((3, 4)), rng.standard_normal((4,))
+    direct_val, direct_grads = value_and_grad(lambda a, b: ops.sum(_composite(a, b)), x, y)
+    val, grads = value_and_grad(lambda a, b: ops.sum(ops.recompute(_composite, a, b)), x, y)
+    np.testing.assert_allclose(val, direct_val, rtol=1e-14)
+    for g, d in zip(grads, direct_grads):
+        np.testing.assert_allclose(g, d, rtol=1e-14)
+    # constants pass through; untaped calls return bare arrays; an unused Tensor gets zeros
+    assert isinstance(ops.recompute(_composite, x, y), np.ndarray)
+    def first_only(a, b):
+        return ops.sum(ops.recompute(lambda p, q: ops.exp(p), a, b))
+
+    _, (gx, gy) = value_and_grad(first_only, x, y)
+    np.testing.assert_allclose(gx, np.exp(x))
+    np.testing.assert_array_equal(gy, np.zeros_like(y))

@@ -1,0 +1,87 @@
+"""Standard training: a tiny run, exact resume, Ctrl-C and NaN safety."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gls_np import checkpoint, data, train
+from gls_np.config import Config, ConfigError
+
+
+def tiny(tmp_path, name, **kw):
+    base = dict(arch="cnn3", dataset="mnist", epochs=2, batch_size=64, lr=2e-3, train_size=256,
+                test_size=100, seed=3, out=str(tmp_path / name), data_dir=str(tmp_path / "data"))
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch, shared_dir):
+    monkeypatch.setenv("GLS_NP_PROGRESS", "0")
+    monkeypatch.setenv("GLS_NP_DATA_MIRROR", str(shared_dir / "data"))
+
+
+def test_tiny_run_writes_checkpoint_config_and_metrics(tmp_path):
+    cfg = tiny(tmp_path, "a")
+    last = train.run(cfg)
+    out = tmp_path / "a"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] == last
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert 0.0 <= last["test_acc"] <= 1.0
+    assert json.loads((out / "config.json").read_text())["seed"] == 3
+    net, meta = checkpoint.load(out / "checkpoint.h5")
+    assert meta.epoch == 2 and meta.step == 8 and len(meta.history) == 2
+    assert meta.config["arch"] == "cnn3" and meta.optimizer["0"]["t"] == 8
+    x, y = data.load("mnist", "test", tmp_path / "data")
+    assert train.evaluate(net, x[:100], y[:100]) == pytest.approx(last["test_acc"])
+
+
+def test_resume_reaches_the_uninterrupted_result(tmp_path):
+    full = tiny(tmp_path, "full")
+    train.run(full)
+    part = tiny(tmp_path, "part", max_steps=5)
+    train.run(part)
+    assert checkpoint.load(tmp_path / "part" / "checkpoint.h5")[1].step == 5
+    train.run(tiny(tmp_path, "part", resume=str(tmp_path / "part" / "checkpoint.h5")))
+    a = checkpoint.load(tmp_path / "full" / "checkpoint.h5")[0].theta
+    b = checkpoint.load(tmp_path / "part" / "checkpoint.h5")[0].theta
+    np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path, monkeypatch):
+    real = data.batches
+
+    def interrupted(*args, **kw):
+        for i, batch in enumerate(real(*args, **kw)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(data, "batches", interrupted)
+    with pytest.raises(train.TrainingInterrupted, match="checkpoint written"):
+        train.run(tiny(tmp_path, "c"))
+    net, meta = checkpoint.load(tmp_path / "c" / "checkpoint.h5")
+    assert meta.step == 2 and meta.epoch == 0
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, "n", epochs=1)
+    train.run(cfg)
+    before = checkpoint.load(tmp_path / "n" / "checkpoint.h5")[0].theta
+    real = train.objective
+    monkeypatch.setattr(train, "objective", lambda cfg, net: (lambda *a: real(cfg, net)(*a) * float("nan")))
+    with pytest.raises(train.TrainingError, match="loss is nan"):
+        train.run(tiny(tmp_path, "n", epochs=2, resume=str(tmp_path / "n" / "checkpoint.h5")))
+    np.testing.assert_array_equal(checkpoint.load(tmp_path / "n" / "checkpoint.h5")[0].theta, before)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [(dict(eps=-0.1), "--eps must be >= 0"), (dict(epochs=0), "--epochs must be > 0"),
+     (dict(relax="deeppoly", optimizer="pgpe"), "not available yet"), (dict(arch="cnn4"), "--arch 'cnn4' is unknown")],
+)
+def test_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        Config(**kw).validate()
