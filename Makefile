@@ -67,7 +67,7 @@ test: venv
 
 demo: venv
 	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 \
-	    --batch-size 64 --lr 1e-3 --seed 0 --out runs/demo
+	    --batch-size 32 --lr 3e-3 --seed 0 --out runs/demo
 	$(PY) -m gls_np inspect runs/demo/checkpoint.h5
 
 bench: venv

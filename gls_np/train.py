@@ -99,6 +99,9 @@ def run(cfg: Config, comm=None) -> dict:
         theta = net.theta
         state, epoch, step, history = opt.init(theta), 0, 0, []
     out.mkdir(parents=True, exist_ok=True)
+    if resume_path is None:
+        # a fresh run owns its directory's log; a resumed one appends to it
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
 
     lr_at = step_decay(cfg.lr, cfg.lr_milestones, cfg.lr_factor)
