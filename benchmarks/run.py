@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """gls_np benchmarks: throughput next to the machine's GEMM peak, measured in one run.
 
-Usage: python benchmarks/run.py [--only forward,gemm] [--batch 512] [--repeats 5] [--json out.json]
+Usage:
+  python benchmarks/run.py                       # every group
+  python benchmarks/run.py --only gemm,forward,bounds --json results.json
+  python benchmarks/run.py --only bounds --archs cnn3 --methods ibp,deeppoly --batch 128
 
-Prints one table row per workload: images/s, GFLOP/s achieved (analytic FLOP
-counts of the GEMM work) and its ratio to the float32 GEMM GFLOP/s measured at
-the start of the same run. The machine is noisy: compare ratios, not seconds.
+Each workload runs in its own subprocess, so its peak RSS is its own. The table
+gives images/s, the GFLOP/s that is (dense-equivalent GEMM FLOPs, counted
+analytically: see ``flops``) and its fraction of the float32 GEMM GFLOP/s
+measured at the start of the same run. The machine is noisy: compare ratios,
+not seconds.
 """
 
 from __future__ import annotations
@@ -14,20 +19,20 @@ import argparse
 import json
 import math
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from gls_np import nets  # noqa: E402
-from gls_np.backend import np  # noqa: E402
-from gls_np.losses import cross_entropy  # noqa: E402
-from gls_np.tensor import value_and_grad  # noqa: E402
+METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 
 
 def best_time(fn, repeats):
-    fn()  # warm-up: allocations, BLAS threads
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -37,80 +42,180 @@ def best_time(fn, repeats):
 
 
 def gemm_gflops(n=2048, repeats=5):
+    from gls_np.backend import np
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
 
 
-def layer_flops(net, batch):
-    """GEMM FLOPs of each parametric layer's forward: 2 B O K L per conv, 2 B in out per linear."""
+def layer_flops(net):
+    """Per-sample forward GEMM FLOPs of each layer (2 O K L per conv, 2 in out per linear, 0 else)."""
     flops, shapes = [], net.shapes(net.input_shape)
     for layer, out_shape in zip(net.layers, shapes[1:]):
         if layer.type == "conv2d":
-            flops.append(2 * batch * math.prod(out_shape) * layer.in_channels * layer.kernel_size**2)
+            flops.append(2 * math.prod(out_shape) * layer.in_channels * layer.kernel_size**2)
         elif layer.type == "linear":
-            flops.append(2 * batch * layer.in_features * layer.out_features)
+            flops.append(2 * layer.in_features * layer.out_features)
+        else:
+            flops.append(0)
     return flops
 
 
-def step_flops(net, batch):
-    """Forward + backward: dW costs one forward GEMM per layer, dx another except at the first."""
-    f = layer_flops(net, batch)
-    return 3 * sum(f) - f[0]
+def flops(net, workload, spec_rows=9):
+    """Dense-equivalent per-sample FLOPs of a workload.
+
+    forward: sum of layer FLOPs F. train step: 3F minus the first layer's dx.
+    IBP: 2F (centre and radius). HBox: (G + 2) F with G input generators.
+    CROWN-IBP: IBP + S F (S spec rows back-substituted through every layer).
+    DeepPoly: for every ReLU input j, its n_j neurons back-substituted through
+    the layers before it, plus the S spec rows through all. "+grad": 3x.
+    """
+    f = layer_flops(net)
+    total = sum(f)
+    relu_at = [i for i, layer in enumerate(net.layers) if layer.type == "relu"]
+    shapes = net.shapes(net.input_shape)
+    kind, _, grad = workload.partition("+")
+    if kind.startswith("pgpe"):
+        # a population member costs what one network's bounds cost
+        return flops(net, kind.split(":")[1], spec_rows)
+    if kind == "forward":
+        out = total
+    elif kind == "step":
+        first = next(v for v in f if v)
+        return 3 * total - first
+    elif kind == "ibp":
+        out = 2 * total
+    elif kind == "pgd":
+        # 8 attack steps (forward + input gradient) and the training forward
+        out = 8 * 2 * total + total
+    elif kind == "hbox":
+        out = (math.prod(net.input_shape) + 2) * total
+    elif kind == "crown-ibp":
+        out = 2 * total + spec_rows * total
+    elif kind == "deeppoly":
+        out = spec_rows * total + sum(math.prod(shapes[j]) * sum(f[:j]) for j in relu_at)
+    else:
+        raise ValueError(kind)
+    return 3 * out if grad else out
 
 
-def bench_forward(args, peak):
-    rows = []
+def worker(spec: dict) -> dict:
+    """Run one workload in this process and return its row."""
+    from gls_np import bounds, nets, objectives
+    from gls_np.backend import np
+    from gls_np.losses import cross_entropy
+    from gls_np.tensor import value_and_grad
+
+    net = nets.build(spec["arch"], spec["dataset"], init="ibp")
     rng = np.random.default_rng(0)
-    for arch in ("cnn3", "cnn5"):
-        net = nets.build(arch, "mnist")
-        x = rng.random((args.batch, *net.input_shape), dtype=np.float32)
-        y = rng.integers(0, 10, args.batch)
-        t = best_time(lambda: net(x), args.repeats)
-        f = sum(layer_flops(net, args.batch))
-        rows.append(row(f"{arch} forward", args.batch / t, f / t / 1e9, peak))
-
-        def step():
-            return value_and_grad(lambda th: cross_entropy(net.forward(x, th), y), net.theta)
-
-        t = best_time(step, args.repeats)
-        f = step_flops(net, args.batch)
-        rows.append(row(f"{arch} forward+backward", args.batch / t, f / t / 1e9, peak))
-    return rows
-
-
-def row(name, per_s, gflops, peak):
+    B = spec["batch"]
+    x = rng.random((B, *net.input_shape), dtype=np.float32)
+    y = rng.integers(0, 10, B)
+    kind, _, grad = spec["workload"].partition("+")
+    per_call = B
+    if kind.startswith("pgpe"):
+        mode, method = kind.split(":")
+        loss = objectives.make(method, net)
+        thetas = net.theta + 1e-3 * rng.standard_normal((spec["popsize"], net.n_params), dtype=np.float32)
+        if mode == "pgpe-vec":
+            fn = lambda: loss(thetas, x, y, spec["eps"], net.theta, rng)  # noqa: E731
+        else:
+            fn = lambda: [loss(t, x, y, spec["eps"], net.theta, rng) for t in thetas]  # noqa: E731
+        per_call = B * spec["popsize"]
+    elif kind == "forward":
+        fn = lambda: net(x)  # noqa: E731
+    elif kind == "step":
+        fn = lambda: value_and_grad(lambda th: cross_entropy(net.forward(x, th), y), net.theta)  # noqa: E731
+    elif grad:
+        loss = objectives.make(kind, net)
+        fn = lambda: value_and_grad(lambda th: loss(th, x, y, spec["eps"], net.theta, rng), net.theta)  # noqa: E731
+    else:
+        box = bounds.linf_box(x, spec["eps"])
+        C = bounds.margin_spec(y, 10, dtype=net.dtype)
+        fn = lambda: bounds.compute(net, box.lb, box.ub, kind, C=C)  # noqa: E731
+    t = best_time(fn, spec["repeats"])
     return {
-        "workload": name,
-        "images_per_s": per_s,
-        "gflops": gflops,
-        "fraction_of_gemm_peak": gflops / peak,
+        **spec,
+        "images_per_s": per_call / t,
+        "gflops": per_call * flops(net, spec["workload"]) / t / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-BENCHES = {"forward": bench_forward}
+def run_workload(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    if res.returncode != 0:
+        return {**spec, "error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def plan(args) -> list:
+    """The workloads to run, with a batch each (DeepPoly on CNN5 runs at a smaller batch)."""
+    specs = []
+    groups = args.only.split(",")
+    for arch in args.archs.split(","):
+        base = {"arch": arch, "dataset": "mnist", "eps": 0.1, "repeats": args.repeats}
+        if "forward" in groups:
+            specs += [{**base, "workload": w, "batch": args.batch} for w in ("forward", "step")]
+        if "bounds" in groups:
+            for m in args.methods.split(","):
+                batch = args.batch
+                if m in ("deeppoly", "hbox") and arch != "cnn3":
+                    batch = min(batch, args.heavy_batch)
+                for w in (m, f"{m}+grad"):
+                    specs.append({**base, "workload": w, "batch": batch,
+                                  "repeats": 1 if m in ("deeppoly", "hbox") else args.repeats})
+        if "pgpe" in groups and arch == "cnn3":
+            # network-images/s of one PGPE fitness evaluation: vectorised population vs a loop
+            for m in args.pgpe_methods.split(","):
+                for mode in ("pgpe-vec", "pgpe-loop"):
+                    specs.append({**base, "workload": f"{mode}:{m}", "batch": args.pgpe_batch,
+                                  "popsize": args.popsize, "repeats": 1})
+        if "train" in groups:
+            for m in ("none", "pgd", *args.methods.split(",")):
+                specs.append({**base, "workload": f"{m}+grad" if m != "none" else "step",
+                              "batch": args.heavy_batch, "repeats": 1})
+    return specs
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {list(BENCHES)}")
+    p.add_argument("--only", default="gemm,forward,bounds,pgpe",
+                   help="comma list of gemm, forward, bounds, pgpe, train")
+    p.add_argument("--archs", default="cnn3,cnn5")
+    p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--heavy-batch", type=int, default=128, help="batch of DeepPoly/HBox on cnn5 (memory)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--popsize", type=int, default=32, help="PGPE population of the pgpe group")
+    p.add_argument("--pgpe-batch", type=int, default=128)
+    p.add_argument("--pgpe-methods", default="ibp,crown-ibp,deeppoly")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per workload")
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
     peak = gemm_gflops(repeats=args.repeats)
     print(f"float32 GEMM (2048^3, numpy): {peak:.1f} GFLOP/s")
     rows = []
-    for name in args.only.split(","):
-        if name not in BENCHES:
-            p.error(f"unknown benchmark {name!r}; expected one of {list(BENCHES)}")
-        rows += BENCHES[name](args, peak)
-    print(f"{'workload':<34}{'img/s':>12}{'GFLOP/s':>10}{'of peak':>9}{'peak RSS MB':>13}")
-    for r in rows:
-        print(f"{r['workload']:<34}{r['images_per_s']:>12,.0f}{r['gflops']:>10.1f}"
-              f"{r['fraction_of_gemm_peak']:>9.1%}{r['peak_rss_mb']:>13,.0f}")
+    header = f"{'workload':<26}{'arch':<6}{'batch':>6}{'img/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak RSS MB':>12}"
+    print(header)
+    for spec in plan(args):
+        r = run_workload(spec, args.timeout)
+        rows.append(r)
+        if "error" in r:
+            print(f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}  {r['error']}")
+        else:
+            print(f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}{r['images_per_s']:>11,.1f}{r['gflops']:>9.1f}"
+                  f"{r['gflops'] / peak:>9.1%}{r['peak_rss_mb']:>12,.0f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"gemm_gflops": peak, "rows": rows}, indent=2))
 

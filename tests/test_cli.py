@@ -24,8 +24,9 @@ def run_cli(*args, env_extra=None, tmp_path=None):
         (["--eps", "-0.1"], "--eps must be >= 0"),
         (["--epochs", "x"], "invalid int value"),
         (["--resume", "nowhere/checkpoint.h5"], "no checkpoint at nowhere/checkpoint.h5"),
-        (["--relax", "ibp"], "not available yet"),
-        (["--optimizer", "pgpe"], "not available yet"),
+        (["--optimizer", "pgpe", "--popsize", "3"], "--popsize must be even"),
+        (["--init-from", "nowhere.h5"], "--init-from: no checkpoint at nowhere.h5"),
+        (["--preset", "fast"], "invalid choice: 'fast'"),
         (["--batch-size", "0"], "--batch-size must be > 0"),
     ],
 )

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from gls_np import losses
+from gls_np import bounds, losses
+from gls_np.layers import Flatten, Linear, ReLU
+from gls_np.model import Sequential
 from gls_np.tensor import Tensor, value_and_grad
 
 
@@ -152,3 +154,25 @@ def test_bad_shapes_raise():
         losses.cross_entropy(np.zeros((3, 4)), np.zeros(2, dtype=int))
     with pytest.raises(ValueError, match="margin_lb"):
         losses.robust_cross_entropy(np.zeros(3))
+
+
+def test_logit_margins_match_margin_spec(rng):
+    logits = rng.standard_normal((2, 5, 4))
+    y = rng.integers(0, 4, 5)
+    C = bounds.margin_spec(y, 4)
+    np.testing.assert_allclose(
+        losses.logit_margins(logits, y), (C @ logits[..., None])[..., 0], rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("method", ["ibp", "hbox", "crown-ibp", "deeppoly"])
+def test_robust_ce_of_exact_bounds_is_ce(method, rng):
+    # eps = 0: every relaxation is exact, so the certified loss is the clean loss
+    net = Sequential([Flatten(), Linear(6, 5), ReLU(), Linear(5, 3)], dtype="float64")
+    net.theta = rng.standard_normal(net.n_params)
+    x = rng.random((4, 1, 2, 3))
+    y = rng.integers(0, 3, 4)
+    lb, _ = bounds.compute(net, x, x, method, C=bounds.margin_spec(y, 3))
+    np.testing.assert_allclose(
+        losses.robust_cross_entropy(lb), losses.cross_entropy(net(x), y), rtol=1e-10
+    )

@@ -1,9 +1,4 @@
-"""Optimisers as small (init, update) pieces, and learning-rate schedules."""
-
-from .schedules import step_decay
-from .transforms import Transform, adam, chain, clip_by_global_norm, sgd
-
-__all__ = ["Transform", "adam", "chain", "clip_by_global_norm", "sgd", "step_decay"]
+"""Optimisers as small (init, update) pieces, PGPE and RGS, and schedules."""
 
 from .clipup import clipup
 from .pgpe import (
@@ -16,11 +11,17 @@ from .pgpe import (
     pgpe_noise,
     pgpe_tell,
 )
+from .schedules import smooth_ramp, step_decay
 from .smoothing import rgs_gradient, rgs_points, sigma_schedule
+from .transforms import Transform, adam, chain, clip_by_global_norm, sgd
 
-__all__ += [
+__all__ = [
     "PGPE",
+    "Transform",
+    "adam",
     "centered_ranks",
+    "chain",
+    "clip_by_global_norm",
     "clipup",
     "member_noise",
     "pgpe_ask",
@@ -30,5 +31,8 @@ __all__ += [
     "pgpe_tell",
     "rgs_gradient",
     "rgs_points",
+    "sgd",
     "sigma_schedule",
+    "smooth_ramp",
+    "step_decay",
 ]
