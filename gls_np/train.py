@@ -34,6 +34,7 @@ from typing import Callable
 from . import attacks, bounds, checkpoint, data, nets, objectives
 from .backend import get_xp, make_rng, set_device, to_device, to_host
 from .config import Config
+from .losses import accuracy
 from .losses import certified as is_certified
 from .optim import PGPE, adam, chain, clip_by_global_norm, clipup, rgs_gradient, sigma_schedule
 from .optim import smooth_ramp, step_decay
@@ -249,7 +250,7 @@ def run(cfg: Config, comm=None) -> dict:
         batch_iter = data.batches(x_train, y_train, cfg.batch_size, True, make_rng((cfg.seed, epoch)),
                                   augment=augment)
         batch_iter = itertools.islice(batch_iter, done_in_epoch, None)
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen, acc = 0.0, 0, float("nan")
         lr, eps = lr_at(step / steps_per_epoch), eps_at(step / steps_per_epoch)
         bar = progress(total=steps_per_epoch, initial=done_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         try:
@@ -268,8 +269,11 @@ def run(cfg: Config, comm=None) -> dict:
                 step += 1
                 loss_sum += loss * len(yb)
                 seen += len(yb)
+                if step % 10 == 1:
+                    # the centre's accuracy on the batch, for the bar only: one cheap forward
+                    acc = float(accuracy(net.forward(xb, method.center(state)), yb))
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", eps=f"{eps:.3g}", lr=f"{lr:.2g}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{acc:.3f}", eps=f"{eps:.3g}", lr=f"{lr:.2g}")
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
         except KeyboardInterrupt:
