@@ -48,43 +48,98 @@ def build_parser():
         argument_default=argparse.SUPPRESS,
     )
     g = p.add_argument_group("run").add_argument
-    g("--arch", choices=ARCHS, help=f"network (paper Table 5; cnn7: Shi et al. 2021); default {d.arch}")
+    g(
+        "--arch",
+        choices=ARCHS,
+        help=f"network (paper Table 5; cnn7: Shi et al. 2021); default {d.arch}",
+    )
     g("--dataset", choices=DATASETS, help=f"dataset; default {d.dataset}")
-    g("--relax", choices=RELAXATIONS,
-      help="objective: none = cross-entropy, pgd = adversarial training, ibp/hbox/crown-ibp/deeppoly = "
-           "robust CE from that relaxation's bounds, sabr = IBP on a small box around the PGD point, "
-           f"mtl-ibp = alpha*IBP + (1-alpha)*adversarial; default {d.relax}")
-    g("--optimizer", choices=OPTIMIZERS,
-      help=f"grad = backprop + Adam, pgpe = PGPE (gradient-free), rgs = randomized gradient smoothing; "
-           f"default {d.optimizer}")
-    g("--preset", choices=PRESETS,
-      help="paper = App. E hyper-parameters for the optimizer/dataset/eps; quick = a CPU-sized variant")
+    g(
+        "--relax",
+        choices=RELAXATIONS,
+        help="objective: none = cross-entropy, pgd = adversarial training, ibp/hbox/crown-ibp/deeppoly = "
+        "robust CE from that relaxation's bounds, sabr = IBP on a small box around the PGD point, "
+        f"mtl-ibp = alpha*IBP + (1-alpha)*adversarial; default {d.relax}",
+    )
+    g(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help=f"grad = backprop + Adam, pgpe = PGPE (gradient-free), rgs = randomized gradient smoothing; "
+        f"default {d.optimizer}",
+    )
+    g(
+        "--preset",
+        choices=PRESETS,
+        help="paper = App. E hyper-parameters for the optimizer/dataset/eps; quick = a CPU-sized variant",
+    )
     g("--eps", type=float, help=f"L-inf radius in [0, 1] pixel space; default {d.eps}")
     g("--epochs", type=int, help=f"epochs; default {d.epochs}")
     g("--batch-size", type=int, help=f"training batch size; default {d.batch_size}")
     g("--seed", type=int, help=f"seed of every random draw of the run; default {d.seed}")
-    g("--device", choices=DEVICES, help="cpu (NumPy) or gpu (CuPy); default env GLS_NP_DEVICE or cpu")
+    g(
+        "--device",
+        choices=DEVICES,
+        help="cpu (NumPy) or gpu (CuPy); default env GLS_NP_DEVICE or cpu",
+    )
     g("--dtype", choices=("float32", "float64"), help=f"compute dtype; default {d.dtype}")
     g("--out", help=f"run directory (checkpoint.h5, config.json, metrics.jsonl); default {d.out}")
-    g("--resume", nargs="?", const="auto", metavar="CKPT",
-      help="continue a stopped run from CKPT (default OUT/checkpoint.h5)")
-    g("--init-from", metavar="CKPT", help="start from this checkpoint's weights (e.g. a PGD warm start)")
+    g(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CKPT",
+        help="continue a stopped run from CKPT (default OUT/checkpoint.h5)",
+    )
+    g(
+        "--init-from",
+        metavar="CKPT",
+        help="start from this checkpoint's weights (e.g. a PGD warm start)",
+    )
     g("--data-dir", help="dataset cache folder; default env GLS_NP_DATA or ./data")
     g("--train-size", type=int, help="use only the first N training examples (0 = all)")
     g("--test-size", type=int, help="use only the first N test examples (0 = all)")
-    g("--max-steps", type=int, help="stop after N optimizer steps, checkpoint written (0 = no limit)")
-    g("--cert-size", type=int, help=f"test examples for per-epoch adversarial/certified accuracy; default {d.cert_size}")
-    g("--max-memory-gb", type=float, help=f"memory budget of one bound-propagation chunk; default {d.max_memory_gb}")
+    g(
+        "--max-steps",
+        type=int,
+        help="stop after N optimizer steps, checkpoint written (0 = no limit)",
+    )
+    g(
+        "--cert-size",
+        type=int,
+        help=f"test examples for per-epoch adversarial/certified accuracy; default {d.cert_size}",
+    )
+    g(
+        "--max-memory-gb",
+        type=float,
+        help=f"memory budget of one bound-propagation chunk; default {d.max_memory_gb}",
+    )
 
     o = p.add_argument_group("optimisation").add_argument
     o("--lr", type=float, help=f"initial learning rate; default {d.lr}")
-    o("--lr-milestones", type=float, nargs="*", help="epochs (may be fractional) at which lr *= --lr-factor")
+    o(
+        "--lr-milestones",
+        type=float,
+        nargs="*",
+        help="epochs (may be fractional) at which lr *= --lr-factor",
+    )
     o("--lr-factor", type=float, help=f"learning-rate decay factor; default {d.lr_factor}")
     o("--grad-clip", type=float, help="clip the gradient's global norm (0 = off)")
-    o("--init", choices=INITS, help=f"weight initialisation (ibp: Shi et al. 2021); default {d.init}")
+    o(
+        "--init",
+        choices=INITS,
+        help=f"weight initialisation (ibp: Shi et al. 2021); default {d.init}",
+    )
     o("--eps-warmup", type=float, help="epochs at eps = 0 before annealing")
-    o("--eps-ramp", type=float, help="epochs of Shi et al.'s smooth eps ramp (0 = full eps at once)")
-    o("--pgd-steps", type=int, help=f"PGD steps of pgd/sabr/mtl-ibp training; default {d.pgd_steps}")
+    o(
+        "--eps-ramp",
+        type=float,
+        help="epochs of Shi et al.'s smooth eps ramp (0 = full eps at once)",
+    )
+    o(
+        "--pgd-steps",
+        type=int,
+        help=f"PGD steps of pgd/sabr/mtl-ibp training; default {d.pgd_steps}",
+    )
     o("--sabr-lambda", type=float, help=f"SABR's small-box ratio lambda; default {d.sabr_lambda}")
     o("--mtl-alpha", type=float, help=f"MTL-IBP's IBP weight alpha; default {d.mtl_alpha}")
 
@@ -92,8 +147,17 @@ def build_parser():
     s("--popsize", type=int, help=f"PGPE population (even: antithetic pairs); default {d.popsize}")
     s("--sigma", type=float, help=f"initial smoothing std of PGPE / std of RGS; default {d.sigma}")
     s("--sigma-lr", type=float, help=f"PGPE's sigma learning rate; default {d.sigma_lr}")
-    s("--sigma-max-change", type=float, help=f"cap on sigma's relative change per step; default {d.sigma_max_change}")
-    s("--no-rank", dest="rank", action="store_false", help="PGPE on raw losses (no centred-rank shaping)")
+    s(
+        "--sigma-max-change",
+        type=float,
+        help=f"cap on sigma's relative change per step; default {d.sigma_max_change}",
+    )
+    s(
+        "--no-rank",
+        dest="rank",
+        action="store_false",
+        help="PGPE on raw losses (no centred-rank shaping)",
+    )
     s("--center-opt", choices=CENTER_OPTS, help=f"PGPE's centre optimizer; default {d.center_opt}")
     s("--pop-chunk", type=int, help="evaluate at most N population members at once (0 = all)")
     s("--rgs-samples", type=int, help=f"RGS perturbed points per step; default {d.rgs_samples}")
@@ -133,7 +197,9 @@ def main(argv=None) -> int:
             raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items())
+    summary = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()
+    )
     print(f"done: {summary}; checkpoint {Path(cfg.out) / 'checkpoint.h5'}")
     return 0
 

@@ -118,7 +118,9 @@ def worker(spec: dict) -> dict:
     if kind.startswith("pgpe"):
         mode, method = kind.split(":")
         loss = objectives.make(method, net)
-        thetas = net.theta + 1e-3 * rng.standard_normal((spec["popsize"], net.n_params), dtype=np.float32)
+        thetas = net.theta + 1e-3 * rng.standard_normal(
+            (spec["popsize"], net.n_params), dtype=np.float32
+        )
         if mode == "pgpe-vec":
             fn = lambda: loss(thetas, x, y, spec["eps"], net.theta, rng)  # noqa: E731
         else:
@@ -130,7 +132,9 @@ def worker(spec: dict) -> dict:
         fn = lambda: value_and_grad(lambda th: cross_entropy(net.forward(x, th), y), net.theta)  # noqa: E731
     elif grad:
         loss = objectives.make(kind, net)
-        fn = lambda: value_and_grad(lambda th: loss(th, x, y, spec["eps"], net.theta, rng), net.theta)  # noqa: E731
+        fn = lambda: value_and_grad(
+            lambda th: loss(th, x, y, spec["eps"], net.theta, rng), net.theta
+        )  # noqa: E731
     else:
         box = bounds.linf_box(x, spec["eps"])
         C = bounds.margin_spec(y, 10, dtype=net.dtype)
@@ -169,29 +173,55 @@ def plan(args) -> list:
                 if m in ("deeppoly", "hbox") and arch != "cnn3":
                     batch = min(batch, args.heavy_batch)
                 for w in (m, f"{m}+grad"):
-                    specs.append({**base, "workload": w, "batch": batch,
-                                  "repeats": 1 if m in ("deeppoly", "hbox") else args.repeats})
+                    specs.append(
+                        {
+                            **base,
+                            "workload": w,
+                            "batch": batch,
+                            "repeats": 1 if m in ("deeppoly", "hbox") else args.repeats,
+                        }
+                    )
         if "pgpe" in groups and arch == "cnn3":
             # network-images/s of one PGPE fitness evaluation: vectorised population vs a loop
             for m in args.pgpe_methods.split(","):
                 for mode in ("pgpe-vec", "pgpe-loop"):
-                    specs.append({**base, "workload": f"{mode}:{m}", "batch": args.pgpe_batch,
-                                  "popsize": args.popsize, "repeats": 1})
+                    specs.append(
+                        {
+                            **base,
+                            "workload": f"{mode}:{m}",
+                            "batch": args.pgpe_batch,
+                            "popsize": args.popsize,
+                            "repeats": 1,
+                        }
+                    )
         if "train" in groups:
             for m in ("none", "pgd", *args.methods.split(",")):
-                specs.append({**base, "workload": f"{m}+grad" if m != "none" else "step",
-                              "batch": args.heavy_batch, "repeats": 1})
+                specs.append(
+                    {
+                        **base,
+                        "workload": f"{m}+grad" if m != "none" else "step",
+                        "batch": args.heavy_batch,
+                        "repeats": 1,
+                    }
+                )
     return specs
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="gemm,forward,bounds,pgpe",
-                   help="comma list of gemm, forward, bounds, pgpe, train")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--only",
+        default="gemm,forward,bounds,pgpe",
+        help="comma list of gemm, forward, bounds, pgpe, train",
+    )
     p.add_argument("--archs", default="cnn3,cnn5")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--heavy-batch", type=int, default=128, help="batch of DeepPoly/HBox on cnn5 (memory)")
+    p.add_argument(
+        "--heavy-batch", type=int, default=128, help="batch of DeepPoly/HBox on cnn5 (memory)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--popsize", type=int, default=32, help="PGPE population of the pgpe group")
     p.add_argument("--pgpe-batch", type=int, default=128)
@@ -214,8 +244,11 @@ def main(argv=None):
         if "error" in r:
             print(f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}  {r['error']}")
         else:
-            print(f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}{r['images_per_s']:>11,.1f}{r['gflops']:>9.1f}"
-                  f"{r['gflops'] / peak:>9.1%}{r['peak_rss_mb']:>12,.0f}", flush=True)
+            print(
+                f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}{r['images_per_s']:>11,.1f}{r['gflops']:>9.1f}"
+                f"{r['gflops'] / peak:>9.1%}{r['peak_rss_mb']:>12,.0f}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"gemm_gflops": peak, "rows": rows}, indent=2))
 

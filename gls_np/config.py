@@ -83,27 +83,48 @@ class Config:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} {getattr(self, name)!r} is unknown; expected one of {list(allowed)}")
+                raise ConfigError(
+                    f"--{name} {getattr(self, name)!r} is unknown; expected one of {list(allowed)}"
+                )
         if self.center_opt not in CENTER_OPTS:
-            raise ConfigError(f"--center-opt {self.center_opt!r} is unknown; expected one of {list(CENTER_OPTS)}")
+            raise ConfigError(
+                f"--center-opt {self.center_opt!r} is unknown; expected one of {list(CENTER_OPTS)}"
+            )
         if self.optimizer == "pgpe" and (self.popsize < 2 or self.popsize % 2):
-            raise ConfigError(f"--popsize must be even and >= 2 (antithetic pairs), got {self.popsize}")
+            raise ConfigError(
+                f"--popsize must be even and >= 2 (antithetic pairs), got {self.popsize}"
+            )
         if not 0 < self.sabr_lambda <= 1:
             raise ConfigError(f"--sabr-lambda must be in (0, 1], got {self.sabr_lambda}")
         if not 0 <= self.mtl_alpha <= 1:
             raise ConfigError(f"--mtl-alpha must be in [0, 1], got {self.mtl_alpha}")
         if not 0 < self.sigma_max_change < 1:
             raise ConfigError(f"--sigma-max-change must be in (0, 1), got {self.sigma_max_change}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "eval_batch_size": self.eval_batch_size, "sigma": self.sigma,
-                    "rgs_samples": self.rgs_samples, "max_memory_gb": self.max_memory_gb}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "eval_batch_size": self.eval_batch_size,
+            "sigma": self.sigma,
+            "rgs_samples": self.rgs_samples,
+            "max_memory_gb": self.max_memory_gb,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-        nonneg = {"eps": self.eps, "grad_clip": self.grad_clip, "train_size": self.train_size,
-                  "test_size": self.test_size, "max_steps": self.max_steps,
-                  "eps_warmup": self.eps_warmup, "eps_ramp": self.eps_ramp, "pgd_steps": self.pgd_steps,
-                  "pop_chunk": self.pop_chunk, "sigma_lr": self.sigma_lr, "cert_size": self.cert_size}
+        nonneg = {
+            "eps": self.eps,
+            "grad_clip": self.grad_clip,
+            "train_size": self.train_size,
+            "test_size": self.test_size,
+            "max_steps": self.max_steps,
+            "eps_warmup": self.eps_warmup,
+            "eps_ramp": self.eps_ramp,
+            "pgd_steps": self.pgd_steps,
+            "pop_chunk": self.pop_chunk,
+            "sigma_lr": self.sigma_lr,
+            "cert_size": self.cert_size,
+        }
         for name, value in nonneg.items():
             if value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -137,24 +158,52 @@ def preset(name: str, optimizer: str, dataset: str, eps: float) -> dict:
     cifar = dataset == "cifar10"
     large_eps = eps >= (0.3 if not cifar else 8 / 255 - 1e-9)
     if name == "quick":
-        return {"train_size": 2048, "test_size": 500, "cert_size": 100, "epochs": 2,
-                "batch_size": 256 if optimizer != "pgpe" else 128, "popsize": 32,
-                "lr": 1e-3 if optimizer != "pgpe" else 3e-4}
+        return {
+            "train_size": 2048,
+            "test_size": 500,
+            "cert_size": 100,
+            "epochs": 2,
+            "batch_size": 256 if optimizer != "pgpe" else 128,
+            "popsize": 32,
+            "lr": 1e-3 if optimizer != "pgpe" else 3e-4,
+        }
     if name != "paper":
         raise ConfigError(f"--preset {name!r} is unknown; expected one of {list(PRESETS)}")
     if optimizer == "grad":
         # App. E.1 (Shi et al. 2021's schedule, batch size and gradient clipping)
-        return {"lr": 5e-4, "epochs": 160 if cifar else 70, "eps_ramp": 80 if cifar else 20,
-                "lr_milestones": (120, 140) if cifar else (50, 60), "lr_factor": 0.2,
-                "batch_size": 128 if cifar else 256, "grad_clip": 10.0, "init": "ibp"}
+        return {
+            "lr": 5e-4,
+            "epochs": 160 if cifar else 70,
+            "eps_ramp": 80 if cifar else 20,
+            "lr_milestones": (120, 140) if cifar else (50, 60),
+            "lr_factor": 0.2,
+            "batch_size": 128 if cifar else 256,
+            "grad_clip": 10.0,
+            "init": "ibp",
+        }
     if optimizer == "pgpe":
         # App. E.2
-        return {"lr": 3e-4, "epochs": 150, "lr_milestones": (110, 130), "lr_factor": 0.4,
-                "batch_size": 128 if cifar else 512, "popsize": 256, "sigma": 1e-3,
-                "eps_ramp": 50 if large_eps else 0}
+        return {
+            "lr": 3e-4,
+            "epochs": 150,
+            "lr_milestones": (110, 130),
+            "lr_factor": 0.4,
+            "batch_size": 128 if cifar else 512,
+            "popsize": 256,
+            "sigma": 1e-3,
+            "eps_ramp": 50 if large_eps else 0,
+        }
     # App. E.3: 60 (MNIST) / 80 (CIFAR-10) epochs, +20 of annealing for the large eps,
     # lr decayed by 0.4 twice over the last 2 x 10 epochs
     extra = 20 if large_eps else 0
     epochs = (80 if cifar else 60) + extra
-    return {"lr": 5e-4, "epochs": epochs, "eps_ramp": extra, "lr_milestones": (epochs - 20, epochs - 10),
-            "lr_factor": 0.4, "batch_size": 128 if cifar else 256, "rgs_samples": 2, "sigma": 1e-3}
+    return {
+        "lr": 5e-4,
+        "epochs": epochs,
+        "eps_ramp": extra,
+        "lr_milestones": (epochs - 20, epochs - 10),
+        "lr_factor": 0.4,
+        "batch_size": 128 if cifar else 256,
+        "rgs_samples": 2,
+        "sigma": 1e-3,
+    }

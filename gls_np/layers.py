@@ -49,7 +49,11 @@ class Linear:
         self.out_features = int(out_features)
 
     def spec(self) -> dict:
-        return {"type": self.type, "in_features": self.in_features, "out_features": self.out_features}
+        return {
+            "type": self.type,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
 
     def param_shapes(self) -> dict:
         return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
@@ -59,7 +63,9 @@ class Linear:
 
     def out_shape(self, in_shape: tuple) -> tuple:
         if tuple(in_shape) != (self.in_features,):
-            raise ValueError(f"linear layer expects input ({self.in_features},), got {tuple(in_shape)}")
+            raise ValueError(
+                f"linear layer expects input ({self.in_features},), got {tuple(in_shape)}"
+            )
         return (self.out_features,)
 
     def _apply(self, W, x):
@@ -221,7 +227,9 @@ class Normalize:
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise ValueError(f"normalize needs equal-length mean/std with std > 0, got {mean}, {std}")
+            raise ValueError(
+                f"normalize needs equal-length mean/std with std > 0, got {mean}, {std}"
+            )
 
     def spec(self) -> dict:
         return {"type": self.type, "mean": list(self.mean), "std": list(self.std)}
@@ -231,7 +239,9 @@ class Normalize:
 
     def out_shape(self, in_shape):
         if len(in_shape) != 3 or in_shape[0] != len(self.mean):
-            raise ValueError(f"normalize expects ({len(self.mean)}, H, W) input, got {tuple(in_shape)}")
+            raise ValueError(
+                f"normalize expects ({len(self.mean)}, H, W) input, got {tuple(in_shape)}"
+            )
         return tuple(in_shape)
 
     def _col(self, values, like):

@@ -174,7 +174,9 @@ class Sequential:
             value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
             arr = xp.asarray(value, dtype=self.dtype)
             if tuple(arr.shape) != e.shape:
-                raise ValueError(f"state_dict[{key!r}] has shape {tuple(arr.shape)}, expected {e.shape}")
+                raise ValueError(
+                    f"state_dict[{key!r}] has shape {tuple(arr.shape)}, expected {e.shape}"
+                )
             theta[e.offset : e.offset + e.size] = arr.reshape(-1)
         self.theta = theta
 

@@ -37,7 +37,9 @@ def margin_lower_bounds(net, theta, lower, upper, y, method, max_memory_gb=4.0):
     C = bounds.margin_spec(y, net.layers[-1].out_features, dtype=net.dtype)
     single = data(theta).ndim == 1
     params = ops.reshape(theta, (1, data(theta).shape[0])) if single else theta
-    lb, _ = bounds.compute(net, lower, upper, method, C=C, params=params, max_memory_gb=max_memory_gb)
+    lb, _ = bounds.compute(
+        net, lower, upper, method, C=C, params=params, max_memory_gb=max_memory_gb
+    )
     return ops.getitem(lb, 0) if single else lb
 
 
@@ -69,13 +71,17 @@ def make(relax: str, net, *, pgd_steps=8, sabr_lambda=0.4, mtl_alpha=0.5, max_me
     def adversarial_point(x, y, eps, center, rng):
         if eps == 0 or pgd_steps == 0:
             return x
-        return attacks.pgd(net, x, y, eps, steps=pgd_steps, rng=rng, params=data(center),
-                           objective="ce")
+        return attacks.pgd(
+            net, x, y, eps, steps=pgd_steps, rng=rng, params=data(center), objective="ce"
+        )
 
     def certified(method):
         def loss(theta, x, y, eps, center, rng):
             lower, upper = eps_box(x, eps)
-            return robust_cross_entropy(margin_lower_bounds(net, theta, lower, upper, y, method, max_memory_gb))
+            return robust_cross_entropy(
+                margin_lower_bounds(net, theta, lower, upper, y, method, max_memory_gb)
+            )
+
         return loss
 
     def standard(theta, x, y, eps, center, rng):
@@ -86,11 +92,15 @@ def make(relax: str, net, *, pgd_steps=8, sabr_lambda=0.4, mtl_alpha=0.5, max_me
 
     def sabr(theta, x, y, eps, center, rng):
         lower, upper = sabr_box(x, adversarial_point(x, y, eps, center, rng), eps, sabr_lambda)
-        return robust_cross_entropy(margin_lower_bounds(net, theta, lower, upper, y, "ibp", max_memory_gb))
+        return robust_cross_entropy(
+            margin_lower_bounds(net, theta, lower, upper, y, "ibp", max_memory_gb)
+        )
 
     def mtl_ibp(theta, x, y, eps, center, rng):
-        return ops.add(ops.mul(certified("ibp")(theta, x, y, eps, center, rng), mtl_alpha),
-                       ops.mul(adversarial(theta, x, y, eps, center, rng), 1 - mtl_alpha))
+        return ops.add(
+            ops.mul(certified("ibp")(theta, x, y, eps, center, rng), mtl_alpha),
+            ops.mul(adversarial(theta, x, y, eps, center, rng), 1 - mtl_alpha),
+        )
 
     table = {"none": standard, "pgd": adversarial, "sabr": sabr, "mtl-ibp": mtl_ibp}
     table.update({m: certified(m) for m in CERTIFIED})

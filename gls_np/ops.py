@@ -459,7 +459,9 @@ def conv2d(x, W, stride=1, padding=0):
     xp = get_xp(xd, Wd)
     O, C, kh, kw = Wd.shape[-4:]
     if xd.ndim < 4 or xd.shape[-3] != C:
-        raise ValueError(f"conv2d expects input (..., {C}, H, W) for weights {Wd.shape}, got {xd.shape}")
+        raise ValueError(
+            f"conv2d expects input (..., {C}, H, W) for weights {Wd.shape}, got {xd.shape}"
+        )
     lead, batch = _conv_lead(xd, Wd)
     H, Wi = xd.shape[-2:]
     xs, xlead = _squeeze_shared(xd, lead)
@@ -508,7 +510,9 @@ def conv2d_T(y, W, stride=1, padding=0, in_hw=None):
     xp = get_xp(yd, Wd)
     O, C, kh, kw = Wd.shape[-4:]
     if yd.ndim < 4 or yd.shape[-3] != O:
-        raise ValueError(f"conv2d_T expects (..., {O}, Ho, Wo) for weights {Wd.shape}, got {yd.shape}")
+        raise ValueError(
+            f"conv2d_T expects (..., {O}, Ho, Wo) for weights {Wd.shape}, got {yd.shape}"
+        )
     lead, batch = _conv_lead(yd, Wd)
     Ho, Wo = yd.shape[-2:]
     if in_hw is None:

@@ -8,7 +8,9 @@ import sys
 from tqdm import tqdm
 
 
-def progress(total: int, desc: str = "", initial: int = 0, enabled: bool = True, unit: str = "batch"):
+def progress(
+    total: int, desc: str = "", initial: int = 0, enabled: bool = True, unit: str = "batch"
+):
     """A tqdm bar on stderr; disabled when ``enabled`` is False or env GLS_NP_PROGRESS=0."""
     if os.environ.get("GLS_NP_PROGRESS", "1") == "0":
         enabled = False

@@ -208,5 +208,7 @@ def value_and_grad(fn: Callable, *args: Array):
         raise ValueError(f"value_and_grad needs a scalar output, got shape {out.shape}")
     backward(out)
     xp = get_xp(*args)
-    grads = tuple(leaf.grad if leaf.grad is not None else xp.zeros_like(leaf.data) for leaf in leaves)
+    grads = tuple(
+        leaf.grad if leaf.grad is not None else xp.zeros_like(leaf.data) for leaf in leaves
+    )
     return out.data, grads

@@ -84,7 +84,9 @@ def gradient_method(cfg: Config, sigma_at=None) -> Method:
         if sigma_at is None:
             loss, (g,) = grad_fn(theta)
         else:
-            loss, g = rgs_gradient(lambda th: _flat(grad_fn(th)), theta, sigma_at(epoch), cfg.rgs_samples, rng)
+            loss, g = rgs_gradient(
+                lambda th: _flat(grad_fn(th)), theta, sigma_at(epoch), cfg.rgs_samples, rng
+            )
         update, opt_state = opt.update(g, state["opt"], lr)
         return float(loss), {"theta": theta + update, "opt": opt_state}
 
@@ -99,18 +101,27 @@ def _flat(loss_and_grads):
 def pgpe_method(cfg: Config) -> Method:
     """PGPE: ask P members, evaluate their losses in one vectorised pass, tell."""
     center_opt = clipup() if cfg.center_opt == "clipup" else _center_opt(cfg)
-    pgpe = PGPE(popsize=cfg.popsize, sigma0=cfg.sigma, sigma_lr=cfg.sigma_lr,
-                max_change=cfg.sigma_max_change, rank=cfg.rank, center_opt=center_opt, seed=cfg.seed)
+    pgpe = PGPE(
+        popsize=cfg.popsize,
+        sigma0=cfg.sigma,
+        sigma_lr=cfg.sigma_lr,
+        max_change=cfg.sigma_max_change,
+        rank=cfg.rank,
+        center_opt=center_opt,
+        seed=cfg.seed,
+    )
 
     def step(state, loss_fn, xb, yb, eps, lr, epoch, rng):
         thetas, z = pgpe.ask(state)
         center = state["center"]
         chunk = cfg.pop_chunk or len(thetas)
         xp = get_xp(thetas)
-        losses = xp.concatenate([
-            xp.atleast_1d(loss_fn(thetas[i : i + chunk], xb, yb, eps, center, rng))
-            for i in range(0, len(thetas), chunk)
-        ])
+        losses = xp.concatenate(
+            [
+                xp.atleast_1d(loss_fn(thetas[i : i + chunk], xb, yb, eps, center, rng))
+                for i in range(0, len(thetas), chunk)
+            ]
+        )
         if not bool(xp.all(xp.isfinite(losses))):
             return float("nan"), state
         return float(losses.mean()), pgpe.tell(state, z, losses, lr)
@@ -148,8 +159,14 @@ def robustness(net, x, y, eps, method, rng, batch_size=100, pgd_steps=20, max_me
         x_adv = attacks.pgd(net, xb, yb, eps, steps=pgd_steps, rng=rng) if eps > 0 else xb
         adv += int(to_host((net(x_adv).argmax(-1) == yb).sum()))
         box = bounds.linf_box(xb, eps)
-        lb, _ = bounds.compute(net, box.lb, box.ub, method, C=bounds.margin_spec(yb, K, dtype=net.dtype),
-                               max_memory_gb=max_memory_gb)
+        lb, _ = bounds.compute(
+            net,
+            box.lb,
+            box.ub,
+            method,
+            C=bounds.margin_spec(yb, K, dtype=net.dtype),
+            max_memory_gb=max_memory_gb,
+        )
         cert += int(to_host(is_certified(lb).sum()))
     n = max(len(x), 1)
     return adv / n, cert / n
@@ -200,8 +217,10 @@ def _start(cfg: Config, method: Method):
     if cfg.init_from:
         net, meta = checkpoint.load(cfg.init_from, dtype=cfg.dtype)
         if meta.arch not in (None, cfg.arch) or meta.dataset not in (None, cfg.dataset):
-            raise ValueError(f"--init-from: {cfg.init_from} holds {meta.arch}/{meta.dataset}, "
-                             f"not {cfg.arch}/{cfg.dataset}")
+            raise ValueError(
+                f"--init-from: {cfg.init_from} holds {meta.arch}/{meta.dataset}, "
+                f"not {cfg.arch}/{cfg.dataset}"
+            )
     else:
         net = nets.build(cfg.arch, cfg.dataset, dtype=cfg.dtype, init=cfg.init, seed=cfg.seed)
     return net, method.init(net.theta), 0, 0, []
@@ -231,35 +250,53 @@ def run(cfg: Config, comm=None) -> dict:
 
     lr_at = _lr_schedule(cfg)
     eps_at = smooth_ramp(cfg.eps, cfg.eps_warmup, cfg.eps_ramp)
-    loss_fn = objectives.make(cfg.relax, net, pgd_steps=cfg.pgd_steps, sabr_lambda=cfg.sabr_lambda,
-                              mtl_alpha=cfg.mtl_alpha, max_memory_gb=cfg.max_memory_gb)
+    loss_fn = objectives.make(
+        cfg.relax,
+        net,
+        pgd_steps=cfg.pgd_steps,
+        sabr_lambda=cfg.sabr_lambda,
+        mtl_alpha=cfg.mtl_alpha,
+        max_memory_gb=cfg.max_memory_gb,
+    )
     augment = "cifar" if cfg.dataset == "cifar10" else None
     cert_method = certification_method(cfg.relax)
 
     def save(epoch_done: int) -> None:
         net.theta = method.center(state)
         checkpoint.save(
-            ckpt_path, net, arch=cfg.arch, dataset=cfg.dataset, config=json.loads(cfg.to_json()),
-            optimizer=state, epoch=epoch_done, step=step, history=history,
+            ckpt_path,
+            net,
+            arch=cfg.arch,
+            dataset=cfg.dataset,
+            config=json.loads(cfg.to_json()),
+            optimizer=state,
+            epoch=epoch_done,
+            step=step,
+            history=history,
         )
 
     last = history[-1] if history else {}
     while epoch < cfg.epochs and not (cfg.max_steps and step >= cfg.max_steps):
         t0 = time.time()
         done_in_epoch = step - epoch * steps_per_epoch
-        batch_iter = data.batches(x_train, y_train, cfg.batch_size, True, make_rng((cfg.seed, epoch)),
-                                  augment=augment)
+        batch_iter = data.batches(
+            x_train, y_train, cfg.batch_size, True, make_rng((cfg.seed, epoch)), augment=augment
+        )
         batch_iter = itertools.islice(batch_iter, done_in_epoch, None)
         loss_sum, seen, acc = 0.0, 0, float("nan")
         lr, eps = lr_at(step / steps_per_epoch), eps_at(step / steps_per_epoch)
-        bar = progress(total=steps_per_epoch, initial=done_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = progress(
+            total=steps_per_epoch, initial=done_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}"
+        )
         try:
             for xb, yb in batch_iter:
                 # schedules take fractional epochs: lr and eps are looked up every step
                 at = step / steps_per_epoch
                 lr, eps = lr_at(at), eps_at(at)
                 xb, yb = to_device(xb, net.dtype), to_device(yb)
-                loss, new_state = method.step(state, loss_fn, xb, yb, eps, lr, at, make_rng((cfg.seed, 1, step)))
+                loss, new_state = method.step(
+                    state, loss_fn, xb, yb, eps, lr, at, make_rng((cfg.seed, 1, step))
+                )
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"loss is {loss} at epoch {epoch + 1} step {step + 1}; stopping "
@@ -273,7 +310,12 @@ def run(cfg: Config, comm=None) -> dict:
                     # the centre's accuracy on the batch, for the bar only: one cheap forward
                     acc = float(accuracy(net.forward(xb, method.center(state)), yb))
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{acc:.3f}", eps=f"{eps:.3g}", lr=f"{lr:.2g}")
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.4f}",
+                    acc=f"{acc:.3f}",
+                    eps=f"{eps:.3g}",
+                    lr=f"{lr:.2g}",
+                )
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
         except KeyboardInterrupt:
@@ -284,7 +326,9 @@ def run(cfg: Config, comm=None) -> dict:
         in_epoch = step - epoch * steps_per_epoch
         net.theta = method.center(state)
         last = {
-            "epoch": epoch + 1 if in_epoch >= steps_per_epoch else epoch + in_epoch / steps_per_epoch,
+            "epoch": epoch + 1
+            if in_epoch >= steps_per_epoch
+            else epoch + in_epoch / steps_per_epoch,
             "step": step,
             "train_loss": loss_sum / max(seen, 1),
             "test_acc": evaluate(net, x_test, y_test, cfg.eval_batch_size),
@@ -294,8 +338,14 @@ def run(cfg: Config, comm=None) -> dict:
         if cfg.cert_size and cfg.eps > 0:
             n = cfg.cert_size
             last["adv_acc"], last["cert_acc"] = robustness(
-                net, x_test[:n], y_test[:n], cfg.eps, cert_method, make_rng((cfg.seed, 2, epoch)),
-                max_memory_gb=cfg.max_memory_gb)
+                net,
+                x_test[:n],
+                y_test[:n],
+                cfg.eps,
+                cert_method,
+                make_rng((cfg.seed, 2, epoch)),
+                max_memory_gb=cfg.max_memory_gb,
+            )
             last["cert_method"] = cert_method
         last.update(_sigma_stats(state))
         last["seconds"] = time.time() - t0

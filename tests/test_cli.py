@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args, env_extra=None, tmp_path=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), GLS_NP_PROGRESS="0")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, str(ROOT / "mpi_run.py"), *args], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "mpi_run.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,15 +47,40 @@ def test_bad_arguments_fail_in_one_line(args, match, tmp_path):
 def test_help_documents_every_option(tmp_path):
     res = run_cli("--help", tmp_path=tmp_path)
     assert res.returncode == 0
-    for flag in ["--arch", "--dataset", "--relax", "--optimizer", "--eps", "--epochs", "--batch-size", "--lr",
-                 "--seed", "--device", "--out", "--resume", "--data-dir", "--train-size", "--max-steps"]:
+    for flag in [
+        "--arch",
+        "--dataset",
+        "--relax",
+        "--optimizer",
+        "--eps",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--device",
+        "--out",
+        "--resume",
+        "--data-dir",
+        "--train-size",
+        "--max-steps",
+    ]:
         assert flag in res.stdout
 
 
 def test_a_tiny_run_and_resume_from_the_command_line(tmp_path, shared_dir):
     env = {"GLS_NP_DATA_MIRROR": str(shared_dir / "data")}
-    common = ["--train-size", "128", "--test-size", "50", "--batch-size", "64", "--out", "run",
-              "--data-dir", str(tmp_path / "data")]
+    common = [
+        "--train-size",
+        "128",
+        "--test-size",
+        "50",
+        "--batch-size",
+        "64",
+        "--out",
+        "run",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     res = run_cli(*common, "--epochs", "1", env_extra=env, tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "done:" in res.stdout and (tmp_path / "run" / "checkpoint.h5").is_file()

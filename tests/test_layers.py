@@ -37,7 +37,9 @@ def test_affine_maps_are_consistent(layer, in_shape, lead, rng):
     assert np.isclose(lhs, rhs, rtol=1e-10)
     # |W| x equals W x with every weight made non-negative
     pabs = {k: np.abs(v) if k == "weight" else v for k, v in p.items()}
-    np.testing.assert_allclose(layer.linear_abs(p, x), layer.linear(pabs, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        layer.linear_abs(p, x), layer.linear(pabs, x), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_relu_and_specs_round_trip():
@@ -49,8 +51,12 @@ def test_relu_and_specs_round_trip():
 
 @pytest.mark.parametrize(
     "spec,match",
-    [({"type": "dense"}, "unknown layer type"), ({"type": "linear", "in_features": 3}, "bad arguments"),
-     ("relu", "must be a dict"), ({"type": "normalize", "mean": [0], "std": [0]}, "std > 0")],
+    [
+        ({"type": "dense"}, "unknown layer type"),
+        ({"type": "linear", "in_features": 3}, "bad arguments"),
+        ("relu", "must be a dict"),
+        ({"type": "normalize", "mean": [0], "std": [0]}, "std > 0"),
+    ],
 )
 def test_bad_specs_raise_one_line_errors(spec, match):
     with pytest.raises(ValueError, match=match):

@@ -8,7 +8,9 @@ from gls_np.model import from_layers
 from gls_np.tensor import Tensor
 
 
-@pytest.mark.parametrize("arch,dataset", [("cnn3", "mnist"), ("cnn5", "mnist"), ("cnn3", "cifar10")])
+@pytest.mark.parametrize(
+    "arch,dataset", [("cnn3", "mnist"), ("cnn5", "mnist"), ("cnn3", "cifar10")]
+)
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 1e-5)])
 def test_population_forward_equals_member_forwards(arch, dataset, dtype, rtol, rng):
     net = nets.build(arch, dataset, dtype=dtype, seed=1)
@@ -19,7 +21,9 @@ def test_population_forward_equals_member_forwards(arch, dataset, dtype, rtol, r
     assert out.shape == (P, 3, 10) and out.dtype == np.dtype(dtype)
     single = np.stack([net.forward(x, params[i]) for i in range(P)])
     np.testing.assert_allclose(out, single, rtol=rtol, atol=rtol * np.abs(single).max())
-    np.testing.assert_allclose(net(x, params, chunk=3), out, rtol=rtol, atol=rtol * np.abs(out).max())
+    np.testing.assert_allclose(
+        net(x, params, chunk=3), out, rtol=rtol, atol=rtol * np.abs(out).max()
+    )
 
 
 def test_theta_views_follow_pytorch_order_and_layout():
@@ -70,8 +74,19 @@ def test_shapes_and_errors():
 def test_gradient_of_theta_through_the_population_forward(rng):
     """The population forward is taped like any other: d(sum of logits)/d params by FD."""
     net = from_layers(
-        [{"type": "conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1},
-         {"type": "relu"}, {"type": "flatten"}, {"type": "linear", "in_features": 8, "out_features": 3}],
+        [
+            {
+                "type": "conv2d",
+                "in_channels": 1,
+                "out_channels": 2,
+                "kernel_size": 3,
+                "stride": 2,
+                "padding": 1,
+            },
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "linear", "in_features": 8, "out_features": 3},
+        ],
         dtype="float64",
     )
     params = rng.standard_normal((2, net.n_params))

@@ -9,18 +9,30 @@ from gls_np import nets
 
 
 def conv_summary(net):
-    return [(s["out_channels"], s["kernel_size"], s["stride"], s["padding"])
-            for s in net.layer_specs() if s["type"] == "conv2d"]
+    return [
+        (s["out_channels"], s["kernel_size"], s["stride"], s["padding"])
+        for s in net.layer_specs()
+        if s["type"] == "conv2d"
+    ]
 
 
 def test_cnn3_and_cnn5_follow_table_5():
     cnn3 = nets.build("cnn3", "mnist")
     assert conv_summary(cnn3) == [(8, 5, 2, 2), (8, 4, 2, 1)]
-    assert [s["type"] for s in cnn3.layer_specs()] == ["conv2d", "relu", "conv2d", "relu", "flatten", "linear"]
+    assert [s["type"] for s in cnn3.layer_specs()] == [
+        "conv2d",
+        "relu",
+        "conv2d",
+        "relu",
+        "flatten",
+        "linear",
+    ]
     assert cnn3.layer_specs()[-1] == {"type": "linear", "in_features": 392, "out_features": 10}
     cnn5 = nets.build("cnn5", "fashion-mnist")
     assert conv_summary(cnn5) == [(16, 5, 2, 2), (16, 4, 2, 1), (32, 4, 2, 1)]
-    fcs = [(s["in_features"], s["out_features"]) for s in cnn5.layer_specs() if s["type"] == "linear"]
+    fcs = [
+        (s["in_features"], s["out_features"]) for s in cnn5.layer_specs() if s["type"] == "linear"
+    ]
     assert fcs == [(288, 512), (512, 10)]
     assert cnn5.layer_specs()[-2] == {"type": "relu"}
 
@@ -67,7 +79,9 @@ def test_seed_reproducible_and_dtype():
     assert not np.array_equal(a.theta, nets.build("cnn3", "mnist", seed=6).theta)
 
 
-@pytest.mark.parametrize("args,match", [(("cnn4", "mnist"), "unknown arch"), (("cnn3", "svhn"), "unknown dataset")])
+@pytest.mark.parametrize(
+    "args,match", [(("cnn4", "mnist"), "unknown arch"), (("cnn3", "svhn"), "unknown dataset")]
+)
 def test_bad_names(args, match):
     with pytest.raises(ValueError, match=match):
         nets.build(*args)

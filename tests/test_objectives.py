@@ -9,7 +9,14 @@ from gls_np.model import from_layers
 from gls_np.tensor import Tensor
 
 LAYERS = [
-    {"type": "conv2d", "in_channels": 1, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1},
+    {
+        "type": "conv2d",
+        "in_channels": 1,
+        "out_channels": 3,
+        "kernel_size": 3,
+        "stride": 2,
+        "padding": 1,
+    },
     {"type": "relu"},
     {"type": "flatten"},
     {"type": "linear", "in_features": 48, "out_features": 8},
@@ -48,7 +55,9 @@ def test_scalar_for_one_network_and_vector_for_a_population(relax, setup, rng):
 def test_certified_losses_upper_bound_the_adversarial_loss(relax, setup):
     net, x, y = setup
     robust = objectives.make(relax, net)(net.theta, x, y, 0.05, net.theta, None)
-    adversarial = objectives.make("pgd", net, pgd_steps=10)(net.theta, x, y, 0.05, net.theta, np.random.default_rng(1))
+    adversarial = objectives.make("pgd", net, pgd_steps=10)(
+        net.theta, x, y, 0.05, net.theta, np.random.default_rng(1)
+    )
     clean = cross_entropy(net.forward(x), y)
     assert robust >= adversarial - 1e-9 >= clean - 1e-6
     at_zero = objectives.make(relax, net)(net.theta, x, y, 0.0, net.theta, None)
@@ -69,7 +78,9 @@ def test_mtl_ibp_interpolates(setup):
     rng = np.random.default_rng
     ibp = objectives.make("ibp", net)(net.theta, x, y, 0.05, net.theta, rng(2))
     adv = objectives.make("pgd", net, pgd_steps=3)(net.theta, x, y, 0.05, net.theta, rng(2))
-    mix = objectives.make("mtl-ibp", net, pgd_steps=3, mtl_alpha=0.3)(net.theta, x, y, 0.05, net.theta, rng(2))
+    mix = objectives.make("mtl-ibp", net, pgd_steps=3, mtl_alpha=0.3)(
+        net.theta, x, y, 0.05, net.theta, rng(2)
+    )
     assert np.isclose(mix, 0.3 * ibp + 0.7 * adv, rtol=1e-9)
 
 

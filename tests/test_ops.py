@@ -48,9 +48,7 @@ def test_binary_vjp(op, shapes, rng):
     check_vjp(op, [a, np.asarray(b)], rng)
 
 
-@pytest.mark.parametrize(
-    "op", [ops.neg, ops.abs, ops.relu, ops.exp, lambda x: ops.log(ops.abs(x))]
-)
+@pytest.mark.parametrize("op", [ops.neg, ops.abs, ops.relu, ops.exp, lambda x: ops.log(ops.abs(x))])
 def test_unary_vjp(op, rng):
     check_vjp(op, [away_from_zero(rng, (3, 5))], rng)
 
@@ -92,13 +90,21 @@ def test_gather_vjp(rng):
     a = rng.standard_normal((3, 4, 6))
     idx = rng.integers(0, 6, (3, 4))
     check_vjp(lambda a: ops.gather(a, idx), [a], rng)
-    np.testing.assert_array_equal(ops.gather(a, idx), np.take_along_axis(a, idx[..., None], -1)[..., 0])
+    np.testing.assert_array_equal(
+        ops.gather(a, idx), np.take_along_axis(a, idx[..., None], -1)[..., 0]
+    )
 
 
 @pytest.mark.parametrize(
     "sa,sb",
-    [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((2, 3, 4), (2, 4, 5)),
-     ((1, 3, 4), (2, 4, 5)), ((2, 6, 3, 4), (2, 1, 4, 5))],
+    [
+        ((3, 4), (4, 5)),
+        ((2, 3, 4), (4, 5)),
+        ((3, 4), (2, 4, 5)),
+        ((2, 3, 4), (2, 4, 5)),
+        ((1, 3, 4), (2, 4, 5)),
+        ((2, 6, 3, 4), (2, 1, 4, 5)),
+    ],
 )
 def test_matmul_vjp(sa, sb, rng):
     a, b = rng.standard_normal(sa), rng.standard_normal(sb)
@@ -136,7 +142,9 @@ def test_conv2d_matches_naive_loop(case, rng):
     B, C, H, W_, O, k, s, p = case
     x = rng.standard_normal((B, C, H, W_))
     W = rng.standard_normal((O, C, k, k))
-    np.testing.assert_allclose(ops.conv2d(x, W, s, p), naive_conv(x, W, s, p), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ops.conv2d(x, W, s, p), naive_conv(x, W, s, p), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -165,12 +173,16 @@ def test_population_conv_equals_member_convs(shared, rng):
     out = ops.conv2d(x, Ws, s, p)
     assert out.shape[:2] == (P, B)
     for i in range(P):
-        np.testing.assert_allclose(out[i], naive_conv(x[0 if shared else i], Ws[i], s, p), rtol=1e-12)
+        np.testing.assert_allclose(
+            out[i], naive_conv(x[0 if shared else i], Ws[i], s, p), rtol=1e-12
+        )
     check_vjp(lambda x, W: ops.conv2d(x, W, s, p), [x, Ws], rng)
     u = rng.standard_normal(out.shape)
     back = ops.conv2d_T(u, Ws, s, p, in_hw=(H, H))
     for i in range(P):
-        np.testing.assert_allclose(back[i], ops.conv2d_T(u[i], Ws[i], s, p, in_hw=(H, H)), rtol=1e-12)
+        np.testing.assert_allclose(
+            back[i], ops.conv2d_T(u[i], Ws[i], s, p, in_hw=(H, H)), rtol=1e-12
+        )
     u1 = rng.standard_normal((1 if shared else P, *out.shape[1:]))
     check_vjp(lambda u, W: ops.conv2d_T(u, W, s, p, in_hw=(H, H)), [u1, Ws], rng)
 
@@ -223,6 +235,7 @@ def _composite(x, y):
 def test_recompute_vjp(rng):
     x, y = rng.standard_normal((3, 4)), rng.standard_normal((4,))
     check_vjp(lambda a, b: ops.recompute(_composite, a, b), [x, y], rng)
+
     # nested: an outer recompute whose function itself recomputes
     def nested(a, b):
         return ops.recompute(lambda p, q: ops.recompute(_composite, p, q), a, b)
@@ -239,6 +252,7 @@ def test_recompute_matches_the_taped_function(rng):
         np.testing.assert_allclose(g, d, rtol=1e-14)
     # constants pass through; untaped calls return bare arrays; an unused Tensor gets zeros
     assert isinstance(ops.recompute(_composite, x, y), np.ndarray)
+
     def first_only(a, b):
         return ops.sum(ops.recompute(lambda p, q: ops.exp(p), a, b))
 

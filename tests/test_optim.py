@@ -26,7 +26,9 @@ def test_adam_matches_a_hand_computed_three_step_trace():
     assert state["t"] == 3
     # first Adam step moves every coordinate by lr in the direction of -sign(g)
     _, s0 = opt.update(grads[0], opt.init(np.zeros(2)), lr)
-    np.testing.assert_allclose(opt.update(grads[0], opt.init(np.zeros(2)), lr)[0], -lr * np.sign(grads[0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        opt.update(grads[0], opt.init(np.zeros(2)), lr)[0], -lr * np.sign(grads[0]), rtol=1e-6
+    )
     assert s0["t"] == 1
 
 

@@ -10,8 +10,19 @@ from gls_np.config import Config, ConfigError
 
 
 def tiny(tmp_path, name, **kw):
-    base = dict(cert_size=0, arch="cnn3", dataset="mnist", epochs=2, batch_size=64, lr=2e-3, train_size=256,
-                test_size=100, seed=3, out=str(tmp_path / name), data_dir=str(tmp_path / "data"))
+    base = dict(
+        cert_size=0,
+        arch="cnn3",
+        dataset="mnist",
+        epochs=2,
+        batch_size=64,
+        lr=2e-3,
+        train_size=256,
+        test_size=100,
+        seed=3,
+        out=str(tmp_path / name),
+        data_dir=str(tmp_path / "data"),
+    )
     base.update(kw)
     return Config(**base)
 
@@ -71,16 +82,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     train.run(cfg)
     before = checkpoint.load(tmp_path / "n" / "checkpoint.h5")[0].theta
     real = objectives.make
-    monkeypatch.setattr(objectives, "make", lambda *a, **k: (lambda *b: real(*a, **k)(*b) * float("nan")))
+    monkeypatch.setattr(
+        objectives, "make", lambda *a, **k: lambda *b: real(*a, **k)(*b) * float("nan")
+    )
     with pytest.raises(train.TrainingError, match="loss is nan"):
         train.run(tiny(tmp_path, "n", epochs=2, resume=str(tmp_path / "n" / "checkpoint.h5")))
-    np.testing.assert_array_equal(checkpoint.load(tmp_path / "n" / "checkpoint.h5")[0].theta, before)
+    np.testing.assert_array_equal(
+        checkpoint.load(tmp_path / "n" / "checkpoint.h5")[0].theta, before
+    )
 
 
 @pytest.mark.parametrize(
     "kw,match",
-    [(dict(eps=-0.1), "--eps must be >= 0"), (dict(epochs=0), "--epochs must be > 0"),
-     (dict(optimizer="pgpe", popsize=7), "--popsize must be even"), (dict(arch="cnn4"), "--arch 'cnn4' is unknown")],
+    [
+        (dict(eps=-0.1), "--eps must be >= 0"),
+        (dict(epochs=0), "--epochs must be > 0"),
+        (dict(optimizer="pgpe", popsize=7), "--popsize must be even"),
+        (dict(arch="cnn4"), "--arch 'cnn4' is unknown"),
+    ],
 )
 def test_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -93,8 +112,21 @@ RELAXES = ["none", "pgd", "ibp", "hbox", "crown-ibp", "deeppoly", "sabr", "mtl-i
 @pytest.mark.parametrize("optimizer", ["grad", "rgs", "pgpe"])
 @pytest.mark.parametrize("relax", RELAXES)
 def test_every_relaxation_and_optimizer_runs_a_step(relax, optimizer, tmp_path):
-    cfg = tiny(tmp_path, "combo", relax=relax, optimizer=optimizer, eps=0.05, epochs=1, batch_size=8,
-               train_size=16, test_size=8, cert_size=4, max_steps=1, popsize=4, pgd_steps=2)
+    cfg = tiny(
+        tmp_path,
+        "combo",
+        relax=relax,
+        optimizer=optimizer,
+        eps=0.05,
+        epochs=1,
+        batch_size=8,
+        train_size=16,
+        test_size=8,
+        cert_size=4,
+        max_steps=1,
+        popsize=4,
+        pgd_steps=2,
+    )
     last = train.run(cfg)
     assert last["step"] == 1 and np.isfinite(last["train_loss"])
     assert ("cert_acc" in last) and 0 <= last["cert_acc"] <= last["adv_acc"] + 1e-12
@@ -105,11 +137,26 @@ def test_every_relaxation_and_optimizer_runs_a_step(relax, optimizer, tmp_path):
 
 def test_pgpe_and_rgs_resume_exactly(tmp_path):
     for optimizer in ("pgpe", "rgs"):
-        kw = dict(relax="ibp", optimizer=optimizer, eps=0.05, epochs=1, batch_size=32, train_size=128,
-                  popsize=8, cert_size=0)
+        kw = dict(
+            relax="ibp",
+            optimizer=optimizer,
+            eps=0.05,
+            epochs=1,
+            batch_size=32,
+            train_size=128,
+            popsize=8,
+            cert_size=0,
+        )
         train.run(tiny(tmp_path, f"{optimizer}-full", **kw))
         train.run(tiny(tmp_path, f"{optimizer}-part", max_steps=2, **kw))
-        train.run(tiny(tmp_path, f"{optimizer}-part", resume=str(tmp_path / f"{optimizer}-part" / "checkpoint.h5"), **kw))
+        train.run(
+            tiny(
+                tmp_path,
+                f"{optimizer}-part",
+                resume=str(tmp_path / f"{optimizer}-part" / "checkpoint.h5"),
+                **kw,
+            )
+        )
         a = checkpoint.load(tmp_path / f"{optimizer}-full" / "checkpoint.h5")[0].theta
         b = checkpoint.load(tmp_path / f"{optimizer}-part" / "checkpoint.h5")[0].theta
         np.testing.assert_array_equal(a, b)
@@ -123,7 +170,13 @@ def test_presets_follow_the_paper():
     assert grad["lr_milestones"] == (50, 60) and grad["lr_factor"] == 0.2 and grad["init"] == "ibp"
     assert preset("paper", "grad", "cifar10", 2 / 255)["lr_milestones"] == (120, 140)
     pgpe = preset("paper", "pgpe", "mnist", 0.1)
-    assert (pgpe["lr"], pgpe["epochs"], pgpe["batch_size"], pgpe["popsize"], pgpe["sigma"]) == (3e-4, 150, 512, 256, 1e-3)
+    assert (pgpe["lr"], pgpe["epochs"], pgpe["batch_size"], pgpe["popsize"], pgpe["sigma"]) == (
+        3e-4,
+        150,
+        512,
+        256,
+        1e-3,
+    )
     assert pgpe["eps_ramp"] == 0 and preset("paper", "pgpe", "mnist", 0.3)["eps_ramp"] == 50
     rgs = preset("paper", "rgs", "mnist", 0.3)
     assert rgs["epochs"] == 80 and rgs["lr_milestones"] == (60, 70) and rgs["batch_size"] == 256

@@ -16,7 +16,9 @@ def step_decay(lr: float, milestones=(), factor: float = 0.2):
     return schedule
 
 
-def smooth_ramp(eps: float, warmup: float = 0.0, ramp: float = 0.0, beta: float = 4.0, mid: float = 0.25):
+def smooth_ramp(
+    eps: float, warmup: float = 0.0, ramp: float = 0.0, beta: float = 4.0, mid: float = 0.25
+):
     """eps(epoch): 0 during ``warmup`` epochs, then Shi et al.'s (2021) smooth ramp to ``eps``.
 
     Over the ``ramp`` epochs after the warmup the value grows as a power
