@@ -68,29 +68,27 @@ class Linear:
             )
         return (self.out_features,)
 
-    def _apply(self, W, x):
-        nl = W.ndim - 2
+    @staticmethod
+    def _rows_times(x, M):
+        """x @ M with every batch axis folded into the GEMM's rows.
+
+        Shapes: x (*lead, *batch, a), M (*lead, a, b) -> (*lead, *batch, b).
+        """
+        nl = data(M).ndim - 2
         xd = data(x)
         batch = xd.shape[nl:-1]
-        # fold every batch axis into the GEMM's rows: (lead, N, in) @ (lead, in, out)
         x2 = ops.reshape(x, (*xd.shape[:nl], math.prod(batch), xd.shape[-1]))
-        y = ops.matmul(x2, ops.swapaxes(W, -1, -2))
+        y = ops.matmul(x2, M)
         return ops.reshape(y, (*data(y).shape[:nl], *batch, data(y).shape[-1]))
 
     def linear(self, p, x):
-        return self._apply(p["weight"], x)
+        return self._rows_times(x, ops.swapaxes(p["weight"], -1, -2))
 
     def linear_abs(self, p, x):
-        return self._apply(ops.abs(p["weight"]), x)
+        return self._rows_times(x, ops.swapaxes(ops.abs(p["weight"]), -1, -2))
 
     def linear_T(self, p, y, in_shape=None):
-        W = p["weight"]
-        nl = W.ndim - 2
-        yd = data(y)
-        batch = yd.shape[nl:-1]
-        y2 = ops.reshape(y, (*yd.shape[:nl], math.prod(batch), yd.shape[-1]))
-        x = ops.matmul(y2, W)
-        return ops.reshape(x, (*data(x).shape[:nl], *batch, data(x).shape[-1]))
+        return self._rows_times(y, p["weight"])
 
     def bias(self, p, like=None):
         return p["bias"]
