@@ -1,4 +1,4 @@
-# gls_np: two-command setup.  `make demo` trains a tiny model, `make test` runs the suite.
+# gls_np: two-command setup.  `make demo` runs the paper's method in miniature, `make test` the suite.
 # Everything runs from the project virtualenv .venv (created on first use).
 
 PYTHON ?= python3
@@ -31,12 +31,12 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-main test-mpi demo demo-gls bench clean distclean
+.PHONY: help venv test test-main test-mpi demo demo-ce bench clean distclean
 
 help:
-	@echo "make demo       train CNN3 on MNIST for one epoch, then inspect the checkpoint"
+	@echo "make demo       the paper's method in miniature: PGD warm start, then PGPE on DeepPoly bounds"
 	@echo "make test       run the test suite (mpi-marked tests under mpiexec -n 2, then the rest)"
-	@echo "make demo-gls   the paper's method in miniature: PGD warm start, then PGPE on DeepPoly bounds"
+	@echo "make demo-ce    standard training: CNN3 on MNIST for one epoch, then inspect the checkpoint"
 	@echo "make bench      run benchmarks/run.py"
 	@echo "make venv       create $(VENV) and install gls_np with test extras (editable)"
 	@echo "make clean      remove caches and build outputs; distclean also removes $(VENV)"
@@ -70,19 +70,20 @@ test: venv
 	if [ $$mpi -ne 0 ]; then echo "make test: the MPI run failed (exit $$mpi)" >&2; fi; \
 	test $$mpi -eq 0 && test $$main -eq 0
 
+# The paper's recipe (Sec. 4, App. E.2) at CPU size: a short PGD warm start, then PGPE on the
+# DeepPoly robust loss.  Small sizes: dense DeepPoly runs at tens of network-images/s on 2 cores.
 demo: venv
-	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 \
-	    --batch-size 32 --lr 3e-3 --seed 0 --out runs/demo
-	$(PY) -m gls_np inspect runs/demo/checkpoint.h5
-
-# Small sizes: dense DeepPoly runs at tens of network-images/s on 2 cores (see the benchmarks).
-demo-gls: venv
 	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax pgd --eps 0.1 --epochs 1 --train-size 5000 \
 	    --pgd-steps 5 --batch-size 64 --lr 3e-3 --cert-size 100 --seed 0 --out runs/demo-pgd
 	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax deeppoly --optimizer pgpe --eps 0.1 \
 	    --init-from runs/demo-pgd/checkpoint.h5 --train-size 256 --batch-size 32 --epochs 1 \
 	    --popsize 16 --lr 5e-4 --cert-size 50 --seed 0 --out runs/demo-pgpe
 	$(PY) -m gls_np inspect runs/demo-pgpe/checkpoint.h5
+
+demo-ce: venv
+	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 \
+	    --batch-size 32 --lr 3e-3 --seed 0 --out runs/demo
+	$(PY) -m gls_np inspect runs/demo/checkpoint.h5
 
 bench: venv
 	$(PY) benchmarks/run.py
