@@ -60,6 +60,7 @@ class LinearBounds:
 
     Shapes: A_l, A_u (*lead, B or 1, S, *layer_shape); b_l, b_u (*lead, B or 1, S).
     Before the first ReLU is crossed the two sides coincide and share one array.
+    A_u = b_u = None carries the lower side only (alpha-CROWN), at half the cost.
     """
 
     A_l: Array
@@ -104,6 +105,8 @@ def affine_T(layer, p, in_shape, out_ndim: int, lin: LinearBounds) -> LinearBoun
         return layer.linear_T(p, A, in_shape), bias
 
     A_l, b_l = side(lin.A_l, lin.b_l)
+    if lin.A_u is None:
+        return LinearBounds(A_l, b_l, None, None)
     if lin.A_u is lin.A_l and lin.b_u is lin.b_l:
         return LinearBounds(A_l, b_l, A_l, b_l)
     A_u, b_u = side(lin.A_u, lin.b_u)
@@ -113,7 +116,9 @@ def affine_T(layer, p, in_shape, out_ndim: int, lin: LinearBounds) -> LinearBoun
 def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> LinearBounds:
     """Back through a ReLU with the relaxation ``rel`` of its input bounds.
 
-    Shapes: A (*lead, B or 1, S, *shape) -> (*lead, B, S, *shape).
+    Shapes: A (*lead, B or 1, S, *shape) -> (*lead, B, S, *shape); the fields of ``rel`` are
+    (*lead, B, *shape), shared by the rows, except that the slopes may be (*lead, B, S, *shape),
+    one per row (alpha-CROWN).
     Math: A_l <- A_l+ s_l + A_l- s_u; b_l <- b_l + <A_l+, i_l> + <A_l-, i_u>;
     A_u <- A_u+ s_u + A_u- s_l; b_u <- b_u + <A_u+, i_u> + <A_u-, i_l>.
     Sound: a positive coefficient times h is bounded below by its lower
@@ -123,6 +128,8 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
     def rows(a):
         # (*lead, B, *shape) -> (*lead, B, 1, *shape): one value per neuron, shared by the rows
         ad = data(a)
+        if ad.ndim == data(lin.A_l).ndim:
+            return a
         k = ad.ndim - layer_ndim
         return ops.reshape(a, (*ad.shape[:k], 1, *ad.shape[k:]))
 
@@ -138,22 +145,32 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
         return A_new, ops.add(bias, shift)
 
     pos_neg_l = signs(lin.A_l)
-    pos_neg_u = pos_neg_l if lin.A_u is lin.A_l else signs(lin.A_u)
     A_l, b_l = side(*pos_neg_l, lin.b_l, s_l, rel.icpt_l, s_u, rel.icpt_u)
+    if lin.A_u is None:
+        return LinearBounds(A_l, b_l, None, None)
+    pos_neg_u = pos_neg_l if lin.A_u is lin.A_l else signs(lin.A_u)
     A_u, b_u = side(*pos_neg_u, lin.b_u, s_u, rel.icpt_u, s_l, rel.icpt_l)
     return LinearBounds(A_l, b_l, A_u, b_u)
 
 
-def backsubstitute(layers, params, shapes, pre: dict, lin: LinearBounds) -> LinearBounds:
+def backsubstitute(
+    layers, params, shapes, pre: dict, lin: LinearBounds, relaxations: dict | None = None
+) -> LinearBounds:
     """Walk ``lin`` (on the output of ``layers``) back to their input.
 
     ``pre[i]`` is the Box of the input of ReLU layer i; ``shapes[i]`` the
     per-sample input shape of layer i (``shapes[len(layers)]`` its output).
+    ``relaxations[i]``, where given, replaces DeepPoly's relaxation of ReLU i
+    (alpha-CROWN's optimised lower slopes); it must be sound on ``pre[i]``.
     """
     for i in reversed(range(len(layers))):
         layer = layers[i]
         if isinstance(layer, ReLU):
-            lin = relu_T(relax.deeppoly(pre[i].lb, pre[i].ub), len(shapes[i]), lin)
+            if relaxations is not None and i in relaxations:
+                rel = relaxations[i]
+            else:
+                rel = relax.deeppoly(pre[i].lb, pre[i].ub)
+            lin = relu_T(rel, len(shapes[i]), lin)
         else:
             lin = affine_T(layer, params[i], shapes[i], len(shapes[i + 1]), lin)
     return lin
@@ -162,12 +179,15 @@ def backsubstitute(layers, params, shapes, pre: dict, lin: LinearBounds) -> Line
 def concretize(lin: LinearBounds, box: Box) -> Box:
     """Bound ``lin`` over the input ``box``: A_l c - |A_l| r + b_l, A_u c + |A_u| r + b_u.
 
-    Shapes: A (*lead, B or 1, S, *in), box (*lead, B, *in) -> Box (*lead, B, S).
+    Shapes: A (*lead, B or 1, S, *in), box (*lead, B, *in) -> Box (*lead, B, S); its ub is
+    None for a lower-only ``lin``.
     Sound: max over |x - c| <= r of A x is A c + |A| r (each coordinate at its best end).
     """
     nd = len(input_shape(box))
     c, r = box.center, box.radius
     lb = ops.add(ops.sub(_dot(lin.A_l, c, nd), _dot(ops.abs(lin.A_l), r, nd)), lin.b_l)
+    if lin.A_u is None:
+        return Box(lb, None)
     ub = ops.add(ops.add(_dot(lin.A_u, c, nd), _dot(ops.abs(lin.A_u), r, nd)), lin.b_u)
     return Box(lb, ub)
 
