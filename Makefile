@@ -12,6 +12,10 @@ MPIEXEC       ?= $(VENV)/bin/mpiexec
 MPIEXEC_FLAGS ?= -launcher fork
 # Hydra kills a hung MPI job after this many seconds (exit 255) instead of hanging CI.
 export MPIEXEC_TIMEOUT ?= 1800
+# The MPI tests take well under a minute; a hang (a rank stuck in a collective) fails after this.
+MPI_TEST_TIMEOUT ?= 300
+# Ranks of `make demo-mpi` (one process per core is right on a CPU; see docs/mpi.md).
+RANKS ?= 2
 
 # One BLAS thread per test process: small GEMMs run several times faster than with threads
 # fighting over 2 cores, and the MPI run's two ranks then use one core each.
@@ -31,13 +35,15 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-main test-mpi demo demo-ce bench clean distclean
+.PHONY: help venv test test-main test-mpi demo demo-ce demo-mpi bench bench-mpi clean distclean
 
 help:
 	@echo "make demo       the paper's method in miniature: PGD warm start, then PGPE on DeepPoly bounds"
 	@echo "make test       run the test suite (mpi-marked tests under mpiexec -n 2, then the rest)"
 	@echo "make demo-ce    standard training: CNN3 on MNIST for one epoch, then inspect the checkpoint"
+	@echo "make demo-mpi   IBP warm start, then PGPE on IBP bounds, over RANKS=$(RANKS) MPI ranks (mpiexec)"
 	@echo "make bench      run benchmarks/run.py"
+	@echo "make bench-mpi  PGPE step time over 1 and 2 ranks and the bytes each --comm mode sends"
 	@echo "make venv       create $(VENV) and install gls_np with test extras (editable)"
 	@echo "make clean      remove caches and build outputs; distclean also removes $(VENV)"
 
@@ -55,11 +61,14 @@ test-main: venv
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; fi; \
 	exit $$rc
 
-# ... but is fine for the MPI run while there are no mpi-marked tests.
+# The mpi-marked tests, both ranks running each test (tests/test_mpi.py). Rank 0 prints pytest's
+# report; the other ranks print theirs only when they fail. Any rank failing fails the run.
 test-mpi: venv
-	@$(TEST_ENV) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 $(PY) -m pytest -m mpi -q -p no:cacheprovider $(PYTEST_ARGS); \
-	rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: no mpi-marked tests collected (ok)"; exit 0; fi; \
+	@$(TEST_ENV) MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 sh -c \
+	    'if [ "$${PMI_RANK:-0}" = 0 ]; then exec "$$@"; fi; \
+	     out=$$("$$@" 2>&1); rc=$$?; [ $$rc -eq 0 ] || printf "rank %s:\n%s\n" "$$PMI_RANK" "$$out"; exit $$rc' \
+	    sh $(PY) -m pytest -m mpi -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no mpi tests: failing" >&2; fi; \
 	exit $$rc
 
 # The MPI run goes first so that the main run's summary (with its skip report) closes the
@@ -80,6 +89,17 @@ demo: venv
 	    --popsize 16 --lr 5e-4 --cert-size 50 --seed 0 --out runs/demo-pgpe
 	$(PY) -m gls_np inspect runs/demo-pgpe/checkpoint.h5
 
+# `make demo` over RANKS ranks, with IBP: a data-parallel IBP warm start (GRAD splits each batch),
+# then PGPE on IBP bounds (the population split between the ranks). Same command lines as one process.
+demo-mpi: venv
+	$(MPIEXEC) $(MPIEXEC_FLAGS) -n $(RANKS) $(PY) mpi_run.py --arch cnn3 --dataset mnist --relax ibp \
+	    --optimizer grad --eps 0.1 --eps-warmup 0.2 --eps-ramp 0.6 --init ibp --train-size 10000 \
+	    --batch-size 64 --lr 3e-3 --epochs 1 --cert-size 100 --seed 0 --out runs/demo-mpi-grad
+	$(MPIEXEC) $(MPIEXEC_FLAGS) -n $(RANKS) $(PY) mpi_run.py --arch cnn3 --dataset mnist --relax ibp \
+	    --optimizer pgpe --eps 0.1 --init-from runs/demo-mpi-grad/checkpoint.h5 --train-size 1024 \
+	    --batch-size 64 --epochs 1 --popsize 32 --lr 5e-4 --cert-size 100 --seed 0 --out runs/demo-mpi
+	$(PY) -m gls_np inspect runs/demo-mpi/checkpoint.h5
+
 demo-ce: venv
 	$(PY) mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 \
 	    --batch-size 32 --lr 3e-3 --seed 0 --out runs/demo
@@ -88,8 +108,11 @@ demo-ce: venv
 bench: venv
 	$(PY) benchmarks/run.py
 
+bench-mpi: venv
+	$(PY) benchmarks/run.py --only mpi --archs cnn3
+
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis runs/demo runs/demo-pgd runs/demo-pgpe
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis runs/demo runs/demo-pgd runs/demo-pgpe runs/demo-mpi-grad runs/demo-mpi
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

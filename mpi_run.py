@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """gls_np training entry point: arguments -> Config -> gls_np.train.run.
 
-Runs as a plain process (``python mpi_run.py ...``) or under MPI
-(``mpirun -n R python mpi_run.py ...``; spreading work over ranks comes with
-the MPI issue). Values come from, in increasing priority: the Config defaults,
-``--preset``, and the flags given. Bad arguments print one line and exit 2,
-without a traceback (set GLS_NP_DEBUG=1 to see it).
+Runs as a plain process (``python mpi_run.py ...``) or over R MPI ranks
+(``mpiexec -n R python mpi_run.py ...``, same arguments, same result up to float
+rounding; docs/mpi.md). Values come from, in increasing priority: the Config
+defaults, ``--preset``, and the flags given. Bad arguments print one line and
+exit 2, without a traceback (set GLS_NP_DEBUG=1 to see it).
+
+Under MPI: only rank 0 prints and writes the run directory; each rank's BLAS
+gets cores // (ranks on the node) threads unless OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS or MKL_NUM_THREADS is set; an exception on any rank prints
+``rank r: error`` and aborts every rank (the last checkpoint stays valid).
 """
 
 from __future__ import annotations
@@ -13,16 +18,60 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_threads_note: list = []
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return default
+
+
+def launch_rank() -> int:
+    """Return the MPI rank the launcher gave this process (MPICH/Hydra, Open MPI), else 0."""
+    return _env_int("PMI_RANK", "OMPI_COMM_WORLD_RANK", default=0)
+
+
+def limit_blas_threads() -> str:
+    """Give each rank cores // local ranks BLAS threads, unless the user chose; say what was set.
+
+    Must run before numpy is imported: BLAS reads these variables once, when it loads; later
+    calls (``main`` run again in one process) return the first call's message.
+    """
+    if _threads_note:
+        return _threads_note[0]
+    local = _env_int("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", default=1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // max(local, 1))
+    chosen = {v: os.environ[v] for v in THREAD_VARS if v in os.environ}
+    for var in THREAD_VARS:
+        os.environ.setdefault(var, str(threads))
+    where = f"({cores} cores, {local} ranks on this node)"
+    if chosen:
+        given = ", ".join(f"{k}={v}" for k, v in chosen.items())
+        _threads_note.append(f"threads: {given} as set by the user {where}")
+    else:
+        _threads_note.append(f"threads: {threads} BLAS threads per rank {where}")
+    return _threads_note[0]
+
+
 EXAMPLES = """examples:
-  python mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 --out runs/std
+  python mpi_run.py --arch cnn3 --dataset mnist --relax none --optimizer grad --epochs 1 \\
+      --out runs/std
   python mpi_run.py --relax ibp --optimizer grad --eps 0.1 --preset paper --out runs/ibp
   python mpi_run.py --relax pgd --eps 0.1 --epochs 5 --out runs/pgd
-  python mpi_run.py --relax deeppoly --optimizer pgpe --eps 0.1 --init-from runs/pgd/checkpoint.h5 --out runs/pgpe
-  python mpi_run.py --relax deeppoly --optimizer rgs --eps 0.1 --init-from runs/pgd/checkpoint.h5 --out runs/rgs
+  python mpi_run.py --relax deeppoly --optimizer pgpe --eps 0.1 \\
+      --init-from runs/pgd/checkpoint.h5 --out runs/pgpe
+  python mpi_run.py --relax deeppoly --optimizer rgs --eps 0.1 \\
+      --init-from runs/pgd/checkpoint.h5 --out runs/rgs
   python mpi_run.py --out runs/std --epochs 2 --resume
+  mpiexec -n 4 python mpi_run.py --relax deeppoly --optimizer pgpe --eps 0.1 --out runs/pgpe4
   python -m gls_np inspect runs/std/checkpoint.h5
 """
 
@@ -31,11 +80,21 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (no usage dump) and exits 2."""
 
     def error(self, message):
+        """Print one line naming the bad argument and exit 2."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser():
-    from gls_np.config import CENTER_OPTS, DEVICES, OPTIMIZERS, PRESETS, RELAXATIONS, Config
+    """Build the argument parser (imports gls_np, hence numpy: set BLAS threads first)."""
+    from gls_np.config import (
+        CENTER_OPTS,
+        COMMS,
+        DEVICES,
+        OPTIMIZERS,
+        PRESETS,
+        RELAXATIONS,
+        Config,
+    )
     from gls_np.data import DATASETS
     from gls_np.nets import ARCHS, INITS
 
@@ -57,20 +116,22 @@ def build_parser():
     g(
         "--relax",
         choices=RELAXATIONS,
-        help="objective: none = cross-entropy, pgd = adversarial training, ibp/hbox/crown-ibp/deeppoly = "
-        "robust CE from that relaxation's bounds, sabr = IBP on a small box around the PGD point, "
+        help="objective: none = cross-entropy, pgd = adversarial training, "
+        "ibp/hbox/crown-ibp/deeppoly = robust CE from that relaxation's bounds, "
+        "sabr = IBP on a small box around the PGD point, "
         f"mtl-ibp = alpha*IBP + (1-alpha)*adversarial; default {d.relax}",
     )
     g(
         "--optimizer",
         choices=OPTIMIZERS,
-        help=f"grad = backprop + Adam, pgpe = PGPE (gradient-free), rgs = randomized gradient smoothing; "
-        f"default {d.optimizer}",
+        help="grad = backprop + Adam, pgpe = PGPE (gradient-free), "
+        f"rgs = randomized gradient smoothing; default {d.optimizer}",
     )
     g(
         "--preset",
         choices=PRESETS,
-        help="paper = App. E hyper-parameters for the optimizer/dataset/eps; quick = a CPU-sized variant",
+        help="paper = App. E hyper-parameters for the optimizer/dataset/eps; "
+        "quick = a CPU-sized variant",
     )
     g("--eps", type=float, help=f"L-inf radius in [0, 1] pixel space; default {d.eps}")
     g("--epochs", type=int, help=f"epochs; default {d.epochs}")
@@ -161,6 +222,15 @@ def build_parser():
     s("--center-opt", choices=CENTER_OPTS, help=f"PGPE's centre optimizer; default {d.center_opt}")
     s("--pop-chunk", type=int, help="evaluate at most N population members at once (0 = all)")
     s("--rgs-samples", type=int, help=f"RGS perturbed points per step; default {d.rgs_samples}")
+
+    m = p.add_argument_group("mpi (mpiexec -n R python mpi_run.py ...; docs/mpi.md)").add_argument
+    m(
+        "--comm",
+        choices=COMMS,
+        help="how ranks combine a PGPE step: allreduce = sum each rank's share of the estimate "
+        "(2 D float64 per step), seeds = share only the losses and regenerate every member's "
+        f"noise from the seed (P float64 per step); default {d.comm}",
+    )
     return p
 
 
@@ -181,26 +251,65 @@ def config_from_args(given: dict):
     return Config(**values)
 
 
+def _say(message: str, rank: int) -> None:
+    if rank == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
+    """Train as the arguments say; return the exit status (0, 2 on errors, 130 on Ctrl-C)."""
+    threads = limit_blas_threads()
+    rank = launch_rank()
     parser = build_parser()
     given = {k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()}
+    from gls_np import distributed
     from gls_np.train import TrainingError, TrainingInterrupted, run
 
     try:
         cfg = config_from_args(given).validate()
-        last = run(cfg)
+    except ValueError as exc:
+        # every rank sees the same arguments: each exits, rank 0 says why
+        _say(f"{parser.prog}: error: {exc}", rank)
+        return 2
+    comm = distributed.world()
+    try:
+        if comm.size > 1:
+            _say(f"mpi: {comm.size} ranks, --comm {cfg.comm}; {threads}", rank)
+        if cfg.device == "gpu":
+            gpus = comm.allgather(distributed.bind_gpu(comm))
+            _say("gpus: " + ", ".join(f"rank {r} -> GPU {g}" for r, g in enumerate(gpus)), rank)
+        last = run(cfg, comm)
     except TrainingInterrupted as exc:
-        print(exc, file=sys.stderr)
+        _say(str(exc), comm.rank)
         return 130
-    except (ValueError, OSError, TrainingError, RuntimeError) as exc:
+    except TrainingError as exc:
+        # raised on every rank at once (losses and parameters are global): a clean exit
         if os.environ.get("GLS_NP_DEBUG"):
             raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        _say(f"{parser.prog}: error: {exc}", comm.rank)
         return 2
-    summary = ", ".join(
-        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()
-    )
-    print(f"done: {summary}; checkpoint {Path(cfg.out) / 'checkpoint.h5'}")
+    except Exception as exc:
+        if comm.size == 1:
+            expected = isinstance(exc, (ValueError, OSError, RuntimeError))
+            if os.environ.get("GLS_NP_DEBUG") or not expected:
+                raise
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
+        # the other ranks may be waiting in a collective for this one: end them all now
+        if os.environ.get("GLS_NP_DEBUG"):
+            traceback.print_exc()
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"{parser.prog}: error: rank {comm.rank}: {type(exc).__name__}: {msg}",
+            file=sys.stderr,
+            flush=True,
+        )
+        comm.abort(2)
+    if comm.rank == 0:
+        summary = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()
+        )
+        print(f"done: {summary}; checkpoint {Path(cfg.out) / 'checkpoint.h5'}")
     return 0
 
 

@@ -148,8 +148,88 @@ def worker(spec: dict) -> dict:
     }
 
 
+def mpi_worker(spec: dict) -> dict | None:
+    """One PGPE training step over this MPI job's ranks (mpi group); the row on rank 0 only.
+
+    The step is train.pgpe_method's (ask this rank's pairs, score them, gather the losses,
+    combine by spec["comm"], update); its time is the slowest rank's, best of the repeats.
+    """
+    import mpi_run
+
+    mpi_run.limit_blas_threads()  # before numpy: cores // ranks BLAS threads per rank
+    from gls_np import distributed, nets, objectives, train
+    from gls_np.backend import np
+    from gls_np.config import Config
+
+    comm = distributed.world()
+    cfg = Config(
+        arch=spec["arch"],
+        relax=spec["method"],
+        optimizer="pgpe",
+        popsize=spec["popsize"],
+        batch_size=spec["batch"],
+        eps=spec["eps"],
+        comm=spec["comm"],
+    )
+    net = nets.build(spec["arch"], spec["dataset"], init="ibp")
+    method = train.pgpe_method(cfg, comm)
+    loss_fn = objectives.make(spec["method"], net)
+    rng = np.random.default_rng(0)
+    x = rng.random((spec["batch"], *net.input_shape), dtype=np.float32)
+    y = rng.integers(0, 10, spec["batch"])
+    state = method.init(net.theta)
+    times, sent = [], 0
+    for k in range(spec["repeats"] + 1):
+        comm.barrier()
+        before, t0 = comm.bytes_sent, time.perf_counter()
+        _, state = method.step(state, loss_fn, x, y, spec["eps"], 1e-3, 0.0, (0, 1, k))
+        t = max(comm.allgather(time.perf_counter() - t0))
+        sent = comm.bytes_sent - before
+        if k:  # the first step warms up
+            times.append(t)
+    if comm.rank:
+        return None
+    step_s = min(times)
+    return {
+        **spec,
+        "step_s": step_s,
+        "bytes_per_step": sent,
+        "images_per_s": spec["batch"] * spec["popsize"] / step_s,
+        "gflops": spec["batch"] * spec["popsize"] * flops(net, spec["workload"]) / step_s / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def mpi_command(ranks: int) -> list:
+    """``mpiexec -launcher fork -n R`` from this Python's bin/ (the mpich wheel), or the PATH's."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if not found:
+        raise RuntimeError("no mpiexec: pip install mpi4py mpich")
+    return [found, "-launcher", "fork", "-n", str(ranks)]
+
+
+def print_mpi_summary(rows: list) -> None:
+    """Step time and bytes per rank and step of the mpi group, and R=2's speed-up over R=1."""
+    rows = [r for r in rows if "ranks" in r and "step_s" in r]
+    one = next((r["step_s"] for r in rows if r["ranks"] == 1), None)
+    for r in rows:
+        speedup = f", {one / r['step_s']:.2f}x R=1" if one else ""
+        print(
+            f"mpi: PGPE step R={r['ranks']} --comm {r['comm']:<9} {r['step_s'] * 1e3:8.1f} ms"
+            f"{speedup}, {r['bytes_per_step']:,} bytes sent per rank and step"
+        )
+
+
 def run_workload(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    if "ranks" in spec:
+        try:
+            cmd = [*mpi_command(spec["ranks"]), *cmd]
+        except RuntimeError as exc:
+            return {**spec, "error": str(exc)}
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -194,6 +274,20 @@ def plan(args) -> list:
                             "repeats": 1,
                         }
                     )
+        if "mpi" in groups and arch == "cnn3":
+            # PGPE over 1 and 2 ranks: R=1 (combining is trivial) and R=2 with both --comm
+            for ranks, comm in ((1, "allreduce"), (2, "allreduce"), (2, "seeds")):
+                specs.append(
+                    {
+                        **base,
+                        "workload": f"pgpe-mpi{ranks}-{comm}:ibp",
+                        "method": "ibp",
+                        "batch": args.pgpe_batch,
+                        "popsize": args.popsize,
+                        "ranks": ranks,
+                        "comm": comm,
+                    }
+                )
         if "train" in groups:
             for m in ("none", "pgd", *args.methods.split(",")):
                 specs.append(
@@ -214,7 +308,7 @@ def main(argv=None):
     p.add_argument(
         "--only",
         default="gemm,forward,bounds,pgpe",
-        help="comma list of gemm, forward, bounds, pgpe, train",
+        help="comma list of gemm, forward, bounds, pgpe, train, mpi",
     )
     p.add_argument("--archs", default="cnn3,cnn5")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -231,7 +325,10 @@ def main(argv=None):
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        row = mpi_worker(spec) if "ranks" in spec else worker(spec)
+        if row is not None:
+            print(json.dumps(row))
         return
     peak = gemm_gflops(repeats=args.repeats)
     print(f"float32 GEMM (2048^3, numpy): {peak:.1f} GFLOP/s")
@@ -249,6 +346,7 @@ def main(argv=None):
                 f"{r['gflops'] / peak:>9.1%}{r['peak_rss_mb']:>12,.0f}",
                 flush=True,
             )
+    print_mpi_summary(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"gemm_gflops": peak, "rows": rows}, indent=2))
 

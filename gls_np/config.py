@@ -18,6 +18,10 @@ OPTIMIZERS = ("grad", "pgpe", "rgs")
 DEVICES = ("cpu", "gpu")
 
 CENTER_OPTS = ("adam", "clipup")
+# How MPI ranks combine a PGPE step (docs/mpi.md): allreduce the partial estimates
+# (O(parameters) bytes), or share only fitness values and regenerate every member's noise
+# from the seed (O(popsize) bytes, more noise generation per rank).
+COMMS = ("allreduce", "seeds")
 PRESETS = ("paper", "quick")
 # PGPE evaluates hundreds of networks per step without backprop; an attack per
 # member would dominate it, so adversarial objectives use the centre's PGD point.
@@ -69,6 +73,7 @@ class Config:
     rgs_samples: int = 2
     init_from: str = ""
     max_memory_gb: float = 4.0
+    comm: str = "allreduce"
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value; return self."""
@@ -90,6 +95,8 @@ class Config:
             raise ConfigError(
                 f"--center-opt {self.center_opt!r} is unknown; expected one of {list(CENTER_OPTS)}"
             )
+        if self.comm not in COMMS:
+            raise ConfigError(f"--comm {self.comm!r} is unknown; expected one of {list(COMMS)}")
         if self.optimizer == "pgpe" and (self.popsize < 2 or self.popsize % 2):
             raise ConfigError(
                 f"--popsize must be even and >= 2 (antithetic pairs), got {self.popsize}"
@@ -135,6 +142,7 @@ class Config:
         return self
 
     def to_json(self) -> str:
+        """Serialise to sorted-key JSON (stored in checkpoints and config.json)."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Training loops (no argparse here: ``run(cfg)`` takes a validated Config).
+"""Training loops (no argparse here: ``run(cfg, comm)`` takes a validated Config).
 
 Three optimizers share one loop; each is a small ``Method`` (init, step):
 
@@ -14,11 +14,20 @@ A run directory ``cfg.out`` holds ``checkpoint.h5`` (the latest, written
 atomically every epoch, at the end, at ``--max-steps`` and on Ctrl-C),
 ``config.json`` and ``metrics.jsonl`` (one JSON object per epoch).
 
+MPI (``comm``, a ``gls_np.distributed`` communicator; docs/mpi.md): every rank
+reads the same batches and holds the same parameters. PGPE splits the
+population's pairs over the ranks, GRAD splits the batch, RGS its points and
+the batch; evaluation splits the held-out samples. Only rank 0 writes files or
+shows a progress bar. The result does not depend on the number of ranks (up to
+float rounding): PGPE noise is a function of (seed, step, member), RGS point i
+draws from its own generator, and per-sample draws (PGD starts) are made for
+the whole batch and sliced (``SharedDraws``).
+
 Reproducibility: the batch order of epoch e comes from ``make_rng((seed, e))``
-and every other random draw of step s (PGD starts, RGS noise) from
-``make_rng((seed, 1, s))``; PGPE's noise is a function of (seed, t, member).
-So a resumed run skips the batches it already did and continues exactly as an
-uninterrupted one would.
+and every other random draw of step s (PGD starts) from ``make_rng((seed, 1, s))``
+(RGS point i: ``make_rng((seed, 1, s, i))``); PGPE's noise is a function of
+(seed, t, member). So a resumed run, under any number of ranks, skips the
+batches it already did and continues as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -27,17 +36,28 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from . import attacks, bounds, checkpoint, data, nets, objectives
-from .backend import get_xp, make_rng, set_device, to_device, to_host
+from . import attacks, bounds, checkpoint, data, distributed, nets, objectives
+from .backend import get_xp, make_rng, np, set_device, to_device, to_host
 from .config import Config
+from .distributed import SharedDraws, SingleProcess, shard_slice
 from .losses import accuracy
 from .losses import certified as is_certified
-from .optim import PGPE, adam, chain, clip_by_global_norm, clipup, rgs_gradient, sigma_schedule
-from .optim import smooth_ramp, step_decay
+from .optim import (
+    PGPE,
+    adam,
+    chain,
+    clip_by_global_norm,
+    clipup,
+    sigma_schedule,
+    smooth_ramp,
+    step_decay,
+)
+from .optim.pgpe import pgpe_noise
+from .optim.smoothing import rgs_share
 from .progress import progress
 from .tensor import value_and_grad
 
@@ -46,7 +66,7 @@ class TrainingError(RuntimeError):
     """A run cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(RuntimeError):  # noqa: N818 (a clean stop, not an error)
     """Ctrl-C: a checkpoint was written and the run can be resumed."""
 
 
@@ -54,8 +74,11 @@ class TrainingInterrupted(RuntimeError):
 class Method:
     """An optimizer as the loop sees it.
 
-    ``init(theta) -> state``; ``step(state, loss_fn, xb, yb, eps, lr, epoch, rng) -> (loss, state)``;
-    ``center(state) -> theta`` (the network the state stands for).
+    ``init(theta) -> state``; ``step(state, loss_fn, xb, yb, eps, lr, epoch, key) -> (loss, state)``
+    with the whole batch xb, yb on the host (each rank takes its part) and ``key`` = (seed, 1,
+    step), the seed of every random draw of the step; the returned loss is the whole batch's
+    (and population's) mean, the same on every rank. ``center(state) -> theta`` (the network the
+    state stands for).
     """
 
     init: Callable
@@ -68,27 +91,49 @@ def _center_opt(cfg: Config):
     return chain(*parts, adam())
 
 
-def gradient_method(cfg: Config, sigma_at=None) -> Method:
-    """GRAD, or RGS when ``sigma_at(epoch)`` gives the smoothing sigma."""
+def gradient_method(cfg: Config, comm=None, sigma_at=None) -> Method:
+    """GRAD, or RGS when ``sigma_at(epoch)`` gives the smoothing sigma; data-parallel over ranks.
+
+    The n points (1 for GRAD) x B rows of a step are split over the R ranks: g = gcd(n, R)
+    groups of R/g ranks; group k takes points k, k + g, ... and its ranks split the batch.
+    Each rank's mean loss and gradient are weighted by its share of the points and rows, so
+    the allreduced sum is the full mean (the objectives are batch means).
+    """
+    comm = comm or SingleProcess()
     opt = _center_opt(cfg)
+    n_points = cfg.rgs_samples if sigma_at is not None else 1
+    groups = math.gcd(n_points, comm.size)
+    per_group = comm.size // groups
+    group, member = divmod(comm.rank, per_group)
 
     def init(theta):
         return {"theta": theta, "opt": opt.init(theta)}
 
-    def step(state, loss_fn, xb, yb, eps, lr, epoch, rng):
+    def step(state, loss_fn, xb, yb, eps, lr, epoch, key):
         theta = state["theta"]
+        B = len(yb)
+        rows = shard_slice(B, per_group, member)
+        loss, g = 0.0, get_xp(theta).zeros_like(theta)
+        if rows.stop > rows.start:
+            x, y = to_device(xb[rows], theta.dtype), to_device(yb[rows])
 
-        def grad_fn(th):
-            return value_and_grad(lambda t: loss_fn(t, xb, yb, eps, th, rng), th)
+            def grad_fn(th, rng):
+                draws = SharedDraws(rng, rows, B)
+                return _flat(value_and_grad(lambda t: loss_fn(t, x, y, eps, th, draws), th))
 
-        if sigma_at is None:
-            loss, (g,) = grad_fn(theta)
-        else:
-            loss, g = rgs_gradient(
-                lambda th: _flat(grad_fn(th)), theta, sigma_at(epoch), cfg.rgs_samples, rng
-            )
+            if sigma_at is None:
+                loss, g = grad_fn(theta, make_rng(key))
+            else:
+                points = range(group, n_points, groups)
+                loss, g = rgs_share(
+                    grad_fn, theta, sigma_at(epoch), n_points, points, lambda i: make_rng((*key, i))
+                )
+        share = (rows.stop - rows.start) / B
+        part = np.concatenate([[float(loss)], to_host(g).astype(np.float64)]) * share
+        total = comm.allreduce(part)
+        g = to_device(total[1:], theta.dtype)
         update, opt_state = opt.update(g, state["opt"], lr)
-        return float(loss), {"theta": theta + update, "opt": opt_state}
+        return float(total[0]), {"theta": theta + update, "opt": opt_state}
 
     return Method(init, step, lambda state: state["theta"])
 
@@ -98,8 +143,15 @@ def _flat(loss_and_grads):
     return loss, g
 
 
-def pgpe_method(cfg: Config) -> Method:
-    """PGPE: ask P members, evaluate their losses in one vectorised pass, tell."""
+def pgpe_method(cfg: Config, comm=None) -> Method:
+    """PGPE: ask P members, evaluate their losses in one vectorised pass, tell.
+
+    Over R ranks each evaluates its ``shard`` of the P/2 antithetic pairs; the losses are
+    gathered so the fitness shaping is global, then ``cfg.comm`` says how the estimate is
+    formed: ``allreduce`` sums each rank's share of it (2 D float64 per rank and step),
+    ``seeds`` regenerates every pair's noise on every rank (only the P losses travel).
+    """
+    comm = comm or SingleProcess()
     center_opt = clipup() if cfg.center_opt == "clipup" else _center_opt(cfg)
     pgpe = PGPE(
         popsize=cfg.popsize,
@@ -110,53 +162,99 @@ def pgpe_method(cfg: Config) -> Method:
         center_opt=center_opt,
         seed=cfg.seed,
     )
+    n = cfg.popsize // 2
+    pairs = comm.shard(n)
+    m = pairs.stop - pairs.start
 
-    def step(state, loss_fn, xb, yb, eps, lr, epoch, rng):
-        thetas, z = pgpe.ask(state)
+    def all_noise(state, z):
+        """Every pair's noise: this rank's z, and the others' regenerated from the seed."""
+        if m == n:
+            return z
+        center, t = state["center"], int(state["t"])
+        before = pgpe_noise(cfg.seed, t, pairs.start, center)
+        after = pgpe_noise(cfg.seed, t, n - pairs.stop, center, start=pairs.stop)
+        return get_xp(z).concatenate([before, z, after])
+
+    def step(state, loss_fn, xb, yb, eps, lr, epoch, key):
         center = state["center"]
-        chunk = cfg.pop_chunk or len(thetas)
-        xp = get_xp(thetas)
-        losses = xp.concatenate(
-            [
-                xp.atleast_1d(loss_fn(thetas[i : i + chunk], xb, yb, eps, center, rng))
-                for i in range(0, len(thetas), chunk)
-            ]
-        )
-        if not bool(xp.all(xp.isfinite(losses))):
+        xp = get_xp(center)
+        thetas, z = pgpe.ask(state, pairs)
+        x, y = to_device(xb, center.dtype), to_device(yb)
+        chunk = cfg.pop_chunk or max(len(thetas), 1)
+        # each chunk gets the step's generator afresh: every member, on every rank, is then
+        # scored against the same adversarial points (objectives search them with the centre)
+        own = [
+            xp.atleast_1d(loss_fn(thetas[i : i + chunk], x, y, eps, center, make_rng(key)))
+            for i in range(0, len(thetas), chunk)
+        ]
+        own = to_host(xp.concatenate(own)) if own else np.zeros(0)
+        r = comm.gather_shards(own.astype(np.float64).reshape(2, m).T, n)
+        losses = np.concatenate([r[:, 0], r[:, 1]])
+        if not np.all(np.isfinite(losses)):
             return float("nan"), state
-        return float(losses.mean()), pgpe.tell(state, z, losses, lr)
+        if cfg.comm == "seeds":
+            g_center, g_sigma = pgpe.grads(all_noise(state, z), losses, state["sigma"])
+        else:
+            share = pgpe.grads(z, losses, state["sigma"], pairs)
+            total = comm.allreduce(np.concatenate([to_host(g) for g in share]))
+            D = center.shape[0]
+            g_center = to_device(total[:D], center.dtype)
+            g_sigma = to_device(total[D:], center.dtype)
+        return float(losses.mean()), pgpe.update(state, g_center, g_sigma, lr)
 
     return Method(pgpe.init, step, lambda state: state["center"])
 
 
-def build_method(cfg: Config) -> Method:
+def build_method(cfg: Config, comm=None) -> Method:
+    """Make the ``Method`` of ``cfg.optimizer``, working over ``comm``'s ranks."""
     if cfg.optimizer == "pgpe":
-        return pgpe_method(cfg)
+        return pgpe_method(cfg, comm)
     if cfg.optimizer == "rgs":
-        return gradient_method(cfg, sigma_schedule(cfg.sigma, _lr_schedule(cfg)))
-    return gradient_method(cfg)
+        return gradient_method(cfg, comm, sigma_schedule(cfg.sigma, _lr_schedule(cfg)))
+    return gradient_method(cfg, comm)
 
 
 def _lr_schedule(cfg: Config):
     return step_decay(cfg.lr, cfg.lr_milestones, cfg.lr_factor)
 
 
-def evaluate(net, x, y, batch_size: int = 1000) -> float:
-    """Natural accuracy of ``net`` on host arrays x (N, C, H, W), y (N,)."""
+def evaluate(net, x, y, batch_size: int = 1000, comm=None) -> float:
+    """Natural accuracy of ``net`` on host arrays x (N, C, H, W), y (N,); ranks split the N."""
+    comm = comm or SingleProcess()
+    own = comm.shard(len(x))
     correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = net(to_device(x[i : i + batch_size], net.dtype))
-        correct += int(to_host((logits.argmax(-1) == to_device(y[i : i + batch_size])).sum()))
-    return correct / max(len(x), 1)
+    for i in range(own.start, own.stop, batch_size):
+        j = min(i + batch_size, own.stop)
+        logits = net(to_device(x[i:j], net.dtype))
+        correct += int(to_host((logits.argmax(-1) == to_device(y[i:j])).sum()))
+    return float(comm.allreduce(np.array([correct]))[0]) / max(len(x), 1)
 
 
-def robustness(net, x, y, eps, method, rng, batch_size=100, pgd_steps=20, max_memory_gb=4.0):
-    """Adversarial accuracy (PGD) and certified accuracy (``method``'s bounds) on x, y."""
+def robustness(
+    net, x, y, eps, method, key, batch_size=100, pgd_steps=20, max_memory_gb=4.0, comm=None
+):
+    """Adversarial accuracy (PGD) and certified accuracy (``method``'s bounds) on x, y.
+
+    Shapes: x (N, C, H, W), y (N,) on the host -> (adversarial, certified) fractions of N.
+    Ranks split the samples. PGD's random starts of sample b come from batch k = b //
+    ``batch_size``'s generator ``make_rng((*key, k))``, drawn for the whole batch
+    (``SharedDraws``), so the result does not depend on the number of ranks.
+    """
+    comm = comm or SingleProcess()
+    own = comm.shard(len(x))
     adv = cert = 0
     K = net.layers[-1].out_features
-    for i in range(0, len(x), batch_size):
-        xb, yb = to_device(x[i : i + batch_size], net.dtype), to_device(y[i : i + batch_size])
-        x_adv = attacks.pgd(net, xb, yb, eps, steps=pgd_steps, rng=rng) if eps > 0 else xb
+    for k in range(own.start // batch_size, math.ceil(own.stop / batch_size)):
+        start, stop = k * batch_size, min((k + 1) * batch_size, len(x))
+        i, j = max(start, own.start), min(stop, own.stop)
+        if i >= j:
+            continue
+        xb, yb = to_device(x[i:j], net.dtype), to_device(y[i:j])
+        if eps > 0:
+            rng = SharedDraws(make_rng((*key, k)), slice(i - start, j - start), stop - start)
+            x_adv = attacks.pgd(net, xb, yb, eps, steps=pgd_steps, rng=rng)
+        else:
+            x_adv = xb
         adv += int(to_host((net(x_adv).argmax(-1) == yb).sum()))
         box = bounds.linf_box(xb, eps)
         lb, _ = bounds.compute(
@@ -168,12 +266,13 @@ def robustness(net, x, y, eps, method, rng, batch_size=100, pgd_steps=20, max_me
             max_memory_gb=max_memory_gb,
         )
         cert += int(to_host(is_certified(lb).sum()))
+    adv, cert = comm.allreduce(np.array([adv, cert]))
     n = max(len(x), 1)
-    return adv / n, cert / n
+    return float(adv) / n, float(cert) / n
 
 
 def certification_method(relax: str) -> str:
-    """The relaxation whose certified accuracy a run reports: its own, IBP for the others."""
+    """Name the relaxation whose certified accuracy a run reports: its own, IBP for the others."""
     return relax if relax in objectives.CERTIFIED else "ibp"
 
 
@@ -209,8 +308,8 @@ def _start(cfg: Config, method: Method):
         net, meta = checkpoint.load(cfg.resume, dtype=cfg.dtype)
         if meta.config.get("optimizer", cfg.optimizer) != cfg.optimizer:
             raise ValueError(
-                f"--resume: {cfg.resume} was trained with --optimizer {meta.config.get('optimizer')}, "
-                f"not {cfg.optimizer}"
+                f"--resume: {cfg.resume} was trained with --optimizer "
+                f"{meta.config.get('optimizer')}, not {cfg.optimizer}"
             )
         state = _tree_to_device(meta.optimizer)
         return net, state, meta.epoch, meta.step, list(meta.history)
@@ -226,27 +325,51 @@ def _start(cfg: Config, method: Method):
     return net, method.init(net.theta), 0, 0, []
 
 
+def _check_in_sync(comm, state) -> None:
+    """Raise TrainingError if the ranks' parameters differ (they must stay bitwise equal)."""
+    for name in ("theta", "center", "sigma"):
+        if name in state:
+            try:
+                comm.check_same(state[name], f"the {name}")
+            except RuntimeError as exc:
+                raise TrainingError(f"ranks out of sync: {exc}") from None
+
+
 def run(cfg: Config, comm=None) -> dict:
-    """Train as ``cfg`` says; return the last epoch's metrics."""
+    """Train as ``cfg`` says over ``comm``'s ranks (default ``distributed.world()``).
+
+    Returns the last epoch's metrics, the same on every rank; only rank 0 writes the run
+    directory.
+    """
     cfg.validate()
+    comm = comm or distributed.world()
+    lead = comm.rank == 0
     set_device(cfg.device)
+    if cfg.device == "gpu":
+        distributed.bind_gpu(comm)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.h5"
     for flag, path in (("--resume", cfg.resume), ("--init-from", cfg.init_from)):
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{flag}: no checkpoint at {path}")
 
-    x_train, y_train = _load_split(cfg, "train", cfg.train_size)
-    x_test, y_test = _load_split(cfg, "test", cfg.test_size)
+    # rank 0 fills the dataset cache first, so ranks never download the same file at once
+    if lead:
+        splits = _load_split(cfg, "train", cfg.train_size), _load_split(cfg, "test", cfg.test_size)
+    comm.barrier()
+    if not lead:
+        splits = _load_split(cfg, "train", cfg.train_size), _load_split(cfg, "test", cfg.test_size)
+    (x_train, y_train), (x_test, y_test) = splits
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
 
-    method = build_method(cfg)
+    method = build_method(cfg, comm)
     net, state, epoch, step, history = _start(cfg, method)
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        # a fresh run owns its directory's log; a resumed one appends to it
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            # a fresh run owns its directory's log; a resumed one appends to it
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
 
     lr_at = _lr_schedule(cfg)
     eps_at = smooth_ramp(cfg.eps, cfg.eps_warmup, cfg.eps_ramp)
@@ -263,6 +386,8 @@ def run(cfg: Config, comm=None) -> dict:
 
     def save(epoch_done: int) -> None:
         net.theta = method.center(state)
+        if not lead:
+            return
         checkpoint.save(
             ckpt_path,
             net,
@@ -283,20 +408,24 @@ def run(cfg: Config, comm=None) -> dict:
             x_train, y_train, cfg.batch_size, True, make_rng((cfg.seed, epoch)), augment=augment
         )
         batch_iter = itertools.islice(batch_iter, done_in_epoch, None)
-        loss_sum, seen, acc = 0.0, 0, float("nan")
+        loss_sum, seen, acc, sent, done = 0.0, 0, float("nan"), 0, 0
         lr, eps = lr_at(step / steps_per_epoch), eps_at(step / steps_per_epoch)
         bar = progress(
-            total=steps_per_epoch, initial=done_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}"
+            total=steps_per_epoch,
+            initial=done_in_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            enabled=lead,
         )
         try:
             for xb, yb in batch_iter:
                 # schedules take fractional epochs: lr and eps are looked up every step
                 at = step / steps_per_epoch
                 lr, eps = lr_at(at), eps_at(at)
-                xb, yb = to_device(xb, net.dtype), to_device(yb)
+                sent -= comm.bytes_sent
                 loss, new_state = method.step(
-                    state, loss_fn, xb, yb, eps, lr, at, make_rng((cfg.seed, 1, step))
+                    state, loss_fn, xb, yb, eps, lr, at, (cfg.seed, 1, step)
                 )
+                sent += comm.bytes_sent
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"loss is {loss} at epoch {epoch + 1} step {step + 1}; stopping "
@@ -304,11 +433,13 @@ def run(cfg: Config, comm=None) -> dict:
                     )
                 state = new_state
                 step += 1
+                done += 1
                 loss_sum += loss * len(yb)
                 seen += len(yb)
-                if step % 10 == 1:
+                if lead and step % 10 == 1:
                     # the centre's accuracy on the batch, for the bar only: one cheap forward
-                    acc = float(accuracy(net.forward(xb, method.center(state)), yb))
+                    center = method.center(state)
+                    acc = float(accuracy(net.forward(to_device(xb, net.dtype), center), yb))
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{loss_sum / seen:.4f}",
@@ -323,6 +454,8 @@ def run(cfg: Config, comm=None) -> dict:
             save(epoch)
             raise TrainingInterrupted(f"interrupted: checkpoint written to {ckpt_path}") from None
         bar.close()
+        if comm.size > 1:
+            _check_in_sync(comm, state)
         in_epoch = step - epoch * steps_per_epoch
         net.theta = method.center(state)
         last = {
@@ -331,7 +464,7 @@ def run(cfg: Config, comm=None) -> dict:
             else epoch + in_epoch / steps_per_epoch,
             "step": step,
             "train_loss": loss_sum / max(seen, 1),
-            "test_acc": evaluate(net, x_test, y_test, cfg.eval_batch_size),
+            "test_acc": evaluate(net, x_test, y_test, cfg.eval_batch_size, comm),
             "eps": eps,
             "lr": lr,
         }
@@ -343,15 +476,22 @@ def run(cfg: Config, comm=None) -> dict:
                 y_test[:n],
                 cfg.eps,
                 cert_method,
-                make_rng((cfg.seed, 2, epoch)),
+                (cfg.seed, 2, epoch),
                 max_memory_gb=cfg.max_memory_gb,
+                comm=comm,
             )
             last["cert_method"] = cert_method
         last.update(_sigma_stats(state))
+        last["ranks"] = comm.size
+        if comm.size > 1:
+            last["comm_bytes_per_step"] = sent / max(done, 1)
         last["seconds"] = time.time() - t0
         history.append(last)
-        _append_metrics(out / "metrics.jsonl", last)
+        if lead:
+            _append_metrics(out / "metrics.jsonl", last)
         if in_epoch >= steps_per_epoch:
             epoch += 1
         save(epoch)
+        # the checkpoint exists for every rank once the epoch is over
+        comm.barrier()
     return last

@@ -1,10 +1,14 @@
-"""The entry point mpi_run.py: every bad argument gives one line, exit 2, no traceback."""
+"""The entry point mpi_run.py: one-line errors, a tiny run and resume, and runs under mpiexec."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +38,7 @@ def run_cli(*args, env_extra=None, tmp_path=None):
         (["--init-from", "nowhere.h5"], "--init-from: no checkpoint at nowhere.h5"),
         (["--preset", "fast"], "invalid choice: 'fast'"),
         (["--batch-size", "0"], "--batch-size must be > 0"),
+        (["--comm", "ring"], "invalid choice: 'ring'"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(args, match, tmp_path):
@@ -87,3 +92,111 @@ def test_a_tiny_run_and_resume_from_the_command_line(tmp_path, shared_dir):
     res = run_cli(*common, "--epochs", "2", "--resume", env_extra=env, tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "epoch 2" in res.stdout
+
+
+# ------------------------------------------------------------------ under mpiexec
+
+# Runs mpi_run.main once per argument list, in one MPI job; a rank-1 failure can be injected
+# at its N-th loss evaluation with GLS_NP_TEST_FAIL_AT=N.
+DRIVER = """
+import json, os, sys
+import mpi_run
+from gls_np import distributed, objectives
+
+fail_at = int(os.environ.get("GLS_NP_TEST_FAIL_AT", "0"))
+real = objectives.make
+
+def make(*a, **k):
+    loss, calls = real(*a, **k), [0]
+    def maybe_failing(*b):
+        calls[0] += 1
+        if distributed.world().rank == 1 and calls[0] == fail_at:
+            raise RuntimeError("injected failure")
+        return loss(*b)
+    return maybe_failing
+
+objectives.make = make
+for argv in json.loads(sys.argv[1]):
+    rc = mpi_run.main(argv)
+    if rc:
+        sys.exit(rc)
+"""
+
+
+def mpiexec_path():
+    pytest.importorskip("mpi4py")
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if not found:
+        pytest.skip("no mpiexec (pip install mpich)")
+    return found
+
+
+def run_mpi(n, runs, tmp_path, env_extra=None, timeout=240):
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PMI_", "MPI_LOCAL", "HYDRA_", "OMPI_"))
+    }
+    # a hang fails the test instead of the suite: Hydra kills the job after this many seconds
+    env.update(PYTHONPATH=str(ROOT), GLS_NP_PROGRESS="0", MPIEXEC_TIMEOUT=str(timeout))
+    env.update(env_extra or {})
+    cmd = [mpiexec_path(), "-launcher", "fork", "-n", str(n), sys.executable, "driver.py"]
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [*cmd, json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=timeout + 30,
+    )
+    return res, time.monotonic() - t0
+
+
+def tiny_args(tmp_path, name, *extra):
+    return [
+        "--relax", "ibp", "--eps", "0.05", "--batch-size", "16", "--train-size", "48",
+        "--test-size", "20", "--cert-size", "10", "--popsize", "8", "--dtype", "float64",
+        "--seed", "3", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / name),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_four_ranks_train_like_one_process(tmp_path, shared_dir, monkeypatch):
+    from gls_np import checkpoint, train
+    from gls_np.config import Config
+    from gls_np.distributed import SingleProcess
+
+    monkeypatch.setenv("GLS_NP_DATA_MIRROR", str(shared_dir / "data"))
+    monkeypatch.setenv("GLS_NP_PROGRESS", "0")
+    runs = {
+        # one pair per rank; RGS's 2 points, each on 2 halves of a batch of 15
+        "pgpe": ["--optimizer", "pgpe", "--comm", "allreduce"],
+        "rgs": ["--optimizer", "rgs", "--relax", "pgd", "--pgd-steps", "2", "--batch-size", "15"],
+    }
+    res, _ = run_mpi(4, [tiny_args(tmp_path, k, *v) for k, v in runs.items()], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("done:") == 2 and "ranks 4" in res.stdout
+    assert "mpi: 4 ranks" in res.stderr and "threads:" in res.stderr
+    for name in runs:
+        net, meta = checkpoint.load(tmp_path / name / "checkpoint.h5")
+        cfg = Config.from_dict({**meta.config, "out": str(tmp_path / f"{name}-one")})
+        train.run(cfg, SingleProcess())
+        one = checkpoint.load(tmp_path / f"{name}-one" / "checkpoint.h5")[0]
+        np.testing.assert_allclose(net.theta, one.theta, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_a_failing_rank_aborts_the_job_and_a_single_process_resumes(tmp_path, shared_dir):
+    env = {"GLS_NP_DATA_MIRROR": str(shared_dir / "data")}
+    # 3 steps per epoch: rank 1 fails in epoch 2, after epoch 1's checkpoint was written
+    args = tiny_args(tmp_path, "run", "--optimizer", "pgpe", "--epochs", "2")
+    res, seconds = run_mpi(2, [args], tmp_path, {**env, "GLS_NP_TEST_FAIL_AT": "5"})
+    assert res.returncode != 0
+    assert "rank 1: RuntimeError: injected failure" in res.stderr
+    assert seconds < 60, f"the job took {seconds:.0f} s to die"
+    res = run_cli(*args, "--resume", env_extra=env, tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "epoch 2, step 6" in res.stdout and "ranks 1" in res.stdout

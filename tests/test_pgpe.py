@@ -252,6 +252,7 @@ def test_noise_depends_only_on_seed_step_and_member():
     like = np.zeros(7)
     z8 = pgpe_noise(SEED, 3, 8, like)
     np.testing.assert_array_equal(z8[:4], pgpe_noise(SEED, 3, 4, like))  # split-invariant
+    np.testing.assert_array_equal(z8[5:7], pgpe_noise(SEED, 3, 2, like, start=5))
     np.testing.assert_array_equal(z8[5], member_noise(SEED, 3, 5, 7))
     assert not np.allclose(z8, pgpe_noise(SEED, 4, 8, like))
     assert not np.allclose(z8, pgpe_noise(SEED + 1, 3, 8, like))
@@ -261,6 +262,37 @@ def test_noise_depends_only_on_seed_step_and_member():
     np.testing.assert_array_equal(thetas, again)
     np.testing.assert_allclose(thetas[:8] + thetas[8:], np.tile(2 * state["center"], (8, 1)))
     np.testing.assert_allclose(thetas[:8] - state["center"], 0.01 * z, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("rank", [True, False])
+def test_shares_of_a_split_population_add_up_to_the_whole_step(rank):
+    # how MPI ranks split PGPE: each asks for a slice of the pairs, scores it, and after the
+    # losses are gathered forms its share of the estimate; the shares sum to the whole
+    pgpe = PGPE(popsize=12, sigma0=0.1, rank=rank, seed=SEED)
+    state = pgpe.init(np.linspace(-1.0, 1.0, 5))
+    thetas, z = pgpe.ask(state)
+    losses = nonsmooth(np.pad(thetas, ((0, 0), (0, 5))))
+    whole = pgpe.grads(z, losses, state["sigma"])
+    cuts = [slice(0, 2), slice(2, 2), slice(2, 5), slice(5, 6)]
+    g_center, g_sigma = np.zeros(5), np.zeros(5)
+    for pairs in cuts:
+        part, z_part = pgpe.ask(state, pairs)
+        np.testing.assert_array_equal(z_part, z[pairs])
+        np.testing.assert_array_equal(part[: len(z_part)], thetas[pairs])
+        np.testing.assert_array_equal(part[len(z_part) :], thetas[6 + pairs.start : 6 + pairs.stop])
+        share = pgpe.grads(z_part, losses, state["sigma"], pairs)
+        g_center, g_sigma = g_center + share[0], g_sigma + share[1]
+    np.testing.assert_allclose(g_center, whole[0], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(g_sigma, whole[1], rtol=1e-13, atol=1e-15)
+    told = pgpe.tell(state, z, losses, 0.01)
+    updated = pgpe.update(state, g_center, g_sigma, 0.01)
+    np.testing.assert_allclose(updated["center"], told["center"], rtol=1e-13)
+    np.testing.assert_allclose(updated["sigma"], told["sigma"], rtol=1e-13)
+    assert updated["t"] == told["t"] == 1
+    with pytest.raises(ValueError, match="contiguous slice of the 6 pairs"):
+        pgpe.ask(state, slice(4, 8))
+    with pytest.raises(ValueError, match=r"noise of the 2 pairs"):
+        pgpe.grads(z[:3], losses, state["sigma"], slice(0, 2))
 
 
 def test_float32_state_and_population_stay_float32():

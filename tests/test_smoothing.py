@@ -16,6 +16,7 @@ from gls_np.optim import (
     sigma_schedule,
     step_decay,
 )
+from gls_np.optim.smoothing import rgs_share
 from gls_np.tensor import data, value_and_grad
 
 SEED = 4321
@@ -62,6 +63,33 @@ def test_rgs_is_unbiased_for_the_smoothed_quadratic(rng):
     assert abs(losses.mean() - true_loss) < 5 * se_l
     # power: the smoothing term 1/2 sum A_jj sigma_j^2 is far outside the loss tolerance
     assert 5 * se_l < 0.5 * 0.5 * np.sum(np.diag(A) * sigma**2)
+
+
+def test_rgs_shares_of_any_partition_sum_to_the_estimate(rng):
+    # point i draws z_i and then its own extra numbers from rng_of(i), so a partition of the
+    # points over ranks neither changes the points nor what each one draws
+    D, n = 4, 5
+    A = rng.standard_normal((D, D))
+    theta = rng.standard_normal(D)
+    seen = {}
+
+    def grad_fn(th, point_rng):
+        extra = point_rng.random()
+        assert seen.setdefault(tuple(th), extra) == extra  # same point, same extra draw
+        return 0.5 * th @ A @ th + extra, 0.5 * (A + A.T) @ th
+
+    def rng_of(i):
+        return np.random.default_rng([SEED, i])
+
+    whole = rgs_share(grad_fn, theta, 0.3, n, range(n), rng_of)
+    points = [theta + 0.3 * rng_of(i).standard_normal(D) for i in range(n)]
+    np.testing.assert_allclose(whole[1], np.mean([0.5 * (A + A.T) @ p for p in points], axis=0))
+    parts = [rgs_share(grad_fn, theta, 0.3, n, s, rng_of) for s in ([3, 0], [], [4, 1, 2])]
+    assert sum(p[0] for p in parts) == pytest.approx(whole[0], rel=1e-13)
+    np.testing.assert_allclose(sum(p[1] for p in parts), whole[1], rtol=1e-13)
+    assert len(seen) == n
+    with pytest.raises(ValueError, match=r"point indices in \[0, 5\)"):
+        rgs_share(grad_fn, theta, 0.3, n, [5], rng_of)
 
 
 def test_rgs_is_blind_to_jumps_where_pgpe_is_not():

@@ -41,6 +41,7 @@ def test_tiny_run_writes_checkpoint_config_and_metrics(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] == last
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert 0.0 <= last["test_acc"] <= 1.0
+    assert last["ranks"] == 1 and "comm_bytes_per_step" not in last  # one process sends nothing
     assert json.loads((out / "config.json").read_text())["seed"] == 3
     net, meta = checkpoint.load(out / "checkpoint.h5")
     assert meta.epoch == 2 and meta.step == 8 and len(meta.history) == 2
@@ -99,6 +100,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         (dict(epochs=0), "--epochs must be > 0"),
         (dict(optimizer="pgpe", popsize=7), "--popsize must be even"),
         (dict(arch="cnn4"), "--arch 'cnn4' is unknown"),
+        (dict(comm="ring"), "--comm 'ring' is unknown"),
     ],
 )
 def test_config_errors(kw, match):

@@ -17,6 +17,11 @@ State (a dict of arrays and an int, stored as-is by checkpoints):
 
 Population order: thetas [P, D] = [theta + eps_1, ..., theta + eps_n, theta - eps_1, ...,
 theta - eps_n] with n = P / 2, so losses[:n] are r+ and losses[n:] are r-.
+
+Splitting over ranks (``docs/mpi.md``): ``pgpe_ask(..., pairs=s)`` returns only the pairs in the
+slice s, ``pgpe_grads(z_s, losses, sigma, pairs=s)`` their share of the estimates (the shares of
+disjoint slices sum to the whole), and ``pgpe_update`` applies summed estimates; ``pgpe_tell`` is
+``pgpe_grads`` over every pair followed by ``pgpe_update``.
 """
 
 from __future__ import annotations
@@ -35,15 +40,15 @@ def member_noise(seed: int, step: int, i: int, D: int, dtype=np.float64) -> np.n
     return np.random.default_rng([seed, step, i]).standard_normal(D, dtype=dtype)
 
 
-def pgpe_noise(seed: int, step: int, n: int, like: Array) -> Array:
-    """Stack the noise of member pairs 0..n-1 at ``step``, on the device and dtype of ``like``.
+def pgpe_noise(seed: int, step: int, n: int, like: Array, start: int = 0) -> Array:
+    """Stack the noise of member pairs start..start+n-1 at ``step``, on ``like``'s device and dtype.
 
-    Shapes: like [D] -> z [n, D]; row i equals ``member_noise(seed, step, i, D)``.
+    Shapes: like [D] -> z [n, D]; row k equals ``member_noise(seed, step, start + k, D)``.
     """
     D = like.shape[-1]
     z = np.empty((n, D), dtype=like.dtype)
-    for i in range(n):
-        np.random.default_rng([seed, step, i]).standard_normal(dtype=z.dtype, out=z[i])
+    for k in range(n):
+        np.random.default_rng([seed, step, start + k]).standard_normal(dtype=z.dtype, out=z[k])
     return get_xp(like).asarray(z)
 
 
@@ -64,19 +69,34 @@ def centered_ranks(losses):
     return (lo + hi) / (2.0 * (P - 1)) - 0.5
 
 
-def pgpe_grads(z, losses, sigma, rank: bool = True):
+def _pairs(pairs: slice | None, n: int) -> slice:
+    """Check and return the pair slice: all n pairs by default, else a slice inside range(n)."""
+    if pairs is None:
+        return slice(0, n)
+    start, stop = pairs.start or 0, n if pairs.stop is None else pairs.stop
+    if pairs.step not in (None, 1) or not 0 <= start <= stop <= n:
+        raise ValueError(f"expected a contiguous slice of the {n} pairs, got {pairs}")
+    return slice(start, stop)
+
+
+def pgpe_grads(z, losses, sigma, rank: bool = True, pairs: slice | None = None):
     """PGPE's gradient estimates for the centre and the per-parameter standard deviation.
 
     Parameters
     ----------
-    z : array [n, D]
-        Standard-normal noise of the n pairs; eps_i = sigma * z_i.
+    z : array [m, D]
+        Standard-normal noise of the pairs in ``pairs``; eps_i = sigma * z_i.
     losses : array [2 n]
-        r+ = losses[:n] = L(theta + eps_i), r- = losses[n:] = L(theta - eps_i).
+        Losses of the whole population: r+ = losses[:n] = L(theta + eps_i),
+        r- = losses[n:] = L(theta - eps_i).
     sigma : array [D] or float
         The standard deviation the noise was drawn with.
     rank : bool
         Replace the losses by ``centered_ranks(losses)`` (fitness shaping) before estimating.
+    pairs : slice, optional
+        The pairs z belongs to (default: all n). The result is then their share: the terms
+        i in ``pairs`` of the sums below, so the shares of a partition of the pairs add up to
+        the whole estimate (this is how ranks split the population).
 
     Returns
     -------
@@ -87,7 +107,7 @@ def pgpe_grads(z, losses, sigma, rank: bool = True):
 
     Notes
     -----
-    Shapes: z [n, D], losses [2n], sigma [D] -> ([D], [D]).
+    Shapes: z [m, D], losses [2n], sigma [D] -> ([D], [D]).
     Without shaping, E[g_center] = grad L_sigma(theta) exactly (Lemma 3.1): grad L_sigma(theta) =
     E[eps L(theta + eps)] / sigma^2 (Stein's lemma, App. B.1), and the antithetic pair only removes
     the even part of L, which has zero correlation with eps. E[g_sigma] = (1 - 1/n) sigma^2
@@ -96,12 +116,20 @@ def pgpe_grads(z, losses, sigma, rank: bool = True):
     With shaping, r is replaced by u in [-0.5, 0.5]: the estimates become those of the smoothed
     rank utility, invariant to any increasing transform of the loss, with |r+ - r-| <= 1, so
     g_center's scale is about 1/sigma whatever the loss scale (Adam and ClipUp ignore it anyway).
+    The shaping and the baseline b always use the whole population's losses, so a share
+    computed on one rank is exactly its terms of the one-process sums.
     """
     xp = get_xp(z)
-    n, D = z.shape
+    m, D = z.shape
     losses = xp.asarray(losses)
-    if losses.shape != (2 * n,):
-        raise ValueError(f"expected losses of shape ({2 * n},) for {n} pairs, got {losses.shape}")
+    if pairs is None and losses.shape != (2 * m,):
+        raise ValueError(f"expected losses of shape ({2 * m},) for {m} pairs, got {losses.shape}")
+    if losses.ndim != 1 or losses.shape[0] % 2:
+        raise ValueError(f"expected losses of shape (2 n,), got {losses.shape}")
+    n = losses.shape[0] // 2
+    own = _pairs(pairs, n)
+    if own.stop - own.start != m:
+        raise ValueError(f"expected the noise of the {own.stop - own.start} pairs {own}, got {m}")
     if rank:
         u = centered_ranks(losses)
     else:
@@ -109,7 +137,7 @@ def pgpe_grads(z, losses, sigma, rank: bool = True):
             raise ValueError("PGPE without rank shaping needs finite losses, got NaN or inf")
         u = losses
     u = xp.asarray(u, dtype=z.dtype)
-    up, um = u[:n], u[n:]
+    up, um = u[own], u[n + own.start : n + own.stop]
     g_center = (z.T @ ((up - um) / (2 * n))) / sigma
     w = ((up + um) / 2 - xp.mean(u)) / n
     g_sigma = ((z * z).T @ w - xp.sum(w)) * sigma
@@ -131,19 +159,52 @@ def pgpe_init(theta, sigma0=1e-3, center_opt: Transform | None = None) -> dict:
     return {"center": theta.copy(), "sigma": sigma, "opt": opt, "t": 0}
 
 
-def pgpe_ask(state: dict, seed: int, popsize: int):
-    """Return the population to evaluate at step ``state["t"]``, and its noise.
+def pgpe_ask(state: dict, seed: int, popsize: int, pairs: slice | None = None):
+    """Return the members to evaluate at step ``state["t"]``, and their noise.
 
-    Shapes: -> thetas [P, D] (order: theta + eps_1..n, then theta - eps_1..n), z [P/2, D].
-    The state is unchanged: the noise is a function of (seed, t), not of an RNG state.
+    Shapes: -> thetas [2m, D] (order: theta + eps_i for i in pairs, then theta - eps_i for i in
+    pairs), z [m, D]; m = P/2 when ``pairs`` is None (all), else the length of the slice.
+    The state is unchanged: the noise is a function of (seed, t, i), not of an RNG state.
     """
     if popsize < 2 or popsize % 2:
         raise ValueError(f"PGPE needs an even popsize >= 2 (antithetic pairs), got {popsize}")
+    own = _pairs(pairs, popsize // 2)
     center, sigma = state["center"], state["sigma"]
-    z = pgpe_noise(seed, int(state["t"]), popsize // 2, center)
+    z = pgpe_noise(seed, int(state["t"]), own.stop - own.start, center, start=own.start)
     eps = sigma * z
     xp = get_xp(center)
     return xp.concatenate([center + eps, center - eps]), z
+
+
+def pgpe_update(
+    state: dict,
+    g_center,
+    g_sigma,
+    lr: float,
+    center_opt: Transform | None = None,
+    sigma_lr: float = 0.1,
+    max_change: float = 0.2,
+) -> dict:
+    """Apply the estimates of ``pgpe_grads``: one PGPE step, t incremented.
+
+    Shapes: g_center, g_sigma [D] -> state with center, sigma [D].
+    Math: center <- center + center_opt(g_center, lr);
+    sigma <- clip(sigma - sigma_lr g_sigma, (1 - max_change) sigma, (1 + max_change) sigma).
+    """
+    if not 0.0 < max_change < 1.0:
+        raise ValueError(f"max_change must be in (0, 1) to keep sigma positive, got {max_change}")
+    sigma = state["sigma"]
+    xp = get_xp(sigma)
+    step, opt = (center_opt or adam()).update(g_center, state["opt"], lr)
+    new_sigma = xp.clip(
+        sigma - sigma_lr * g_sigma, (1 - max_change) * sigma, (1 + max_change) * sigma
+    )
+    return {
+        "center": state["center"] + step,
+        "sigma": new_sigma,
+        "opt": opt,
+        "t": int(state["t"]) + 1,
+    }
 
 
 def pgpe_tell(
@@ -163,7 +224,7 @@ def pgpe_tell(
     state : dict
         The state ``pgpe_ask`` was called with.
     z : array [n, D]
-        The noise ``pgpe_ask`` returned.
+        The noise ``pgpe_ask`` returned (all pairs).
     losses : array [2 n]
         Losses of the members, in ``pgpe_ask``'s order (lower is better).
     lr : float
@@ -185,24 +246,10 @@ def pgpe_tell(
     Notes
     -----
     Shapes: z [n, D], losses [2n] -> state with center, sigma [D].
-    Math: center <- center + center_opt(g_center, lr);
-    sigma <- clip(sigma - sigma_lr g_sigma, (1 - max_change) sigma, (1 + max_change) sigma).
+    ``pgpe_update(state, *pgpe_grads(z, losses, sigma, rank), lr, ...)``.
     """
-    if not 0.0 < max_change < 1.0:
-        raise ValueError(f"max_change must be in (0, 1) to keep sigma positive, got {max_change}")
-    xp = get_xp(z)
-    sigma = state["sigma"]
-    g_center, g_sigma = pgpe_grads(z, losses, sigma, rank)
-    step, opt = (center_opt or adam()).update(g_center, state["opt"], lr)
-    new_sigma = xp.clip(
-        sigma - sigma_lr * g_sigma, (1 - max_change) * sigma, (1 + max_change) * sigma
-    )
-    return {
-        "center": state["center"] + step,
-        "sigma": new_sigma,
-        "opt": opt,
-        "t": int(state["t"]) + 1,
-    }
+    g_center, g_sigma = pgpe_grads(z, losses, state["sigma"], rank)
+    return pgpe_update(state, g_center, g_sigma, lr, center_opt, sigma_lr, max_change)
 
 
 @dataclass(frozen=True)
@@ -230,9 +277,19 @@ class PGPE:
         """``pgpe_init(theta, sigma0, center_opt)``."""
         return pgpe_init(theta, self.sigma0, self.center_opt)
 
-    def ask(self, state: dict):
-        """``pgpe_ask(state, seed, popsize)`` -> (thetas [P, D], z [P/2, D])."""
-        return pgpe_ask(state, self.seed, self.popsize)
+    def ask(self, state: dict, pairs: slice | None = None):
+        """``pgpe_ask(state, seed, popsize, pairs)`` -> (thetas [2m, D], z [m, D])."""
+        return pgpe_ask(state, self.seed, self.popsize, pairs)
+
+    def grads(self, z, losses, sigma, pairs: slice | None = None):
+        """``pgpe_grads(z, losses, sigma, rank, pairs)`` -> (g_center [D], g_sigma [D])."""
+        return pgpe_grads(z, losses, sigma, self.rank, pairs)
+
+    def update(self, state: dict, g_center, g_sigma, lr: float) -> dict:
+        """``pgpe_update`` with this object's hyperparameters."""
+        return pgpe_update(
+            state, g_center, g_sigma, lr, self.center_opt, self.sigma_lr, self.max_change
+        )
 
     def tell(self, state: dict, z, losses, lr: float) -> dict:
         """``pgpe_tell`` with this object's hyperparameters."""

@@ -4,6 +4,10 @@ RGS averages backprop gradients at n Gaussian-perturbed copies of theta:
 g = (1/n) sum_i grad L(theta + eps_i), eps_i ~ N(0, sigma^2 I). For a continuous L that is
 differentiable almost everywhere (e.g. Lipschitz) this is unbiased for grad L_sigma, but jumps of L
 contribute nothing (App. B.3): on a staircase every gradient is 0 while grad L_sigma is not.
+
+``rgs_gradient`` draws the n points from one generator; ``rgs_share`` draws point i from its own
+generator ``rng_of(i)``, so any subset of the points can be evaluated anywhere (an MPI rank)
+and the shares of a partition of range(n) sum to the whole estimate.
 """
 
 from __future__ import annotations
@@ -59,6 +63,47 @@ def rgs_gradient(
         loss, grad = grad_fn(point)
         loss_sum = loss_sum + loss
         grad_sum = grad if grad_sum is None else grad_sum + grad
+    return loss_sum / n, grad_sum / n
+
+
+def rgs_share(
+    grad_fn: Callable, theta: Array, sigma, n: int, samples, rng_of: Callable
+) -> tuple[float, Array]:
+    """Sum the RGS terms of the points in ``samples``: (1/n) sum_i (L_i, grad L_i).
+
+    Parameters
+    ----------
+    grad_fn : callable
+        ``grad_fn(theta [D], rng) -> (loss scalar, grad [D])``; ``rng`` serves the point's other
+        random draws (PGD's starts), so they too depend only on the point's index.
+    theta : array [D]
+    sigma : float or array [D]
+    n : int
+        Number of points of the whole estimate (the 1/n of the mean).
+    samples : iterable of int
+        The point indices in range(n) evaluated here.
+    rng_of : callable
+        ``rng_of(i)`` -> a fresh numpy Generator for point i; z_i is its first draw.
+
+    Returns
+    -------
+    (loss, grad)
+        (1/n) sum_{i in samples} L(theta + sigma z_i) and the same sum of gradients
+        (0 and zeros for no samples).
+
+    Notes
+    -----
+    Shapes: theta [D] -> (scalar, [D]).  Summed over a partition of range(n) this is exactly
+    the RGS mean of ``rgs_gradient`` (with per-point generators), whatever the partition.
+    """
+    loss_sum, grad_sum = 0.0, get_xp(theta).zeros_like(theta)
+    for i in samples:
+        if not 0 <= i < n:
+            raise ValueError(f"expected point indices in [0, {n}), got {i}")
+        rng = rng_of(i)
+        loss, grad = grad_fn(rgs_points(theta, sigma, 1, rng)[0], rng)
+        loss_sum = loss_sum + float(loss)
+        grad_sum = grad_sum + grad
     return loss_sum / n, grad_sum / n
 
 
