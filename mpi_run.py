@@ -7,6 +7,9 @@ rounding; docs/mpi.md). Values come from, in increasing priority: the Config
 defaults, ``--preset``, and the flags given. Bad arguments print one line and
 exit 2, without a traceback (set GLS_NP_DEBUG=1 to see it).
 
+``python mpi_run.py certify ...`` and ``... tightness ...`` run those tools of
+``python -m gls_np`` (docs/certification.md), with the same per-rank BLAS threads.
+
 Under MPI: only rank 0 prints and writes the run directory; each rank's BLAS
 gets cores // (ranks on the node) threads unless OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS or MKL_NUM_THREADS is set; an exception on any rank prints
@@ -256,9 +259,21 @@ def _say(message: str, rank: int) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+TOOLS = ("certify", "tightness")
+
+
 def main(argv=None) -> int:
-    """Train as the arguments say; return the exit status (0, 2 on errors, 130 on Ctrl-C)."""
+    """Train as the arguments say; return the exit status (0, 2 on errors, 130 on Ctrl-C).
+
+    ``mpi_run.py certify ...`` and ``mpi_run.py tightness ...`` run those tools of
+    ``python -m gls_np`` instead, with the same per-rank BLAS threads.
+    """
     threads = limit_blas_threads()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        from gls_np.__main__ import main as tools
+
+        return tools(argv)
     rank = launch_rank()
     parser = build_parser()
     given = {k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()}

@@ -51,7 +51,7 @@ def gemm_gflops(n=2048, repeats=5):
 
 
 def layer_flops(net):
-    """Per-sample forward GEMM FLOPs of each layer (2 O K L per conv, 2 in out per linear, 0 else)."""
+    """Per-sample forward GEMM FLOPs per layer (2 O K L per conv, 2 in out per linear, else 0)."""
     flops, shapes = [], net.shapes(net.input_shape)
     for layer, out_shape in zip(net.layers, shapes[1:]):
         if layer.type == "conv2d":
@@ -132,9 +132,10 @@ def worker(spec: dict) -> dict:
         fn = lambda: value_and_grad(lambda th: cross_entropy(net.forward(x, th), y), net.theta)  # noqa: E731
     elif grad:
         loss = objectives.make(kind, net)
-        fn = lambda: value_and_grad(
-            lambda th: loss(th, x, y, spec["eps"], net.theta, rng), net.theta
-        )  # noqa: E731
+
+        def fn():
+            return value_and_grad(lambda th: loss(th, x, y, spec["eps"], net.theta, rng), net.theta)
+
     else:
         box = bounds.linf_box(x, spec["eps"])
         C = bounds.margin_spec(y, 10, dtype=net.dtype)
@@ -198,6 +199,49 @@ def mpi_worker(spec: dict) -> dict | None:
         "gflops": spec["batch"] * spec["popsize"] * flops(net, spec["workload"]) / step_s / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def certify_worker(spec: dict) -> dict:
+    """The certification cascade on the first ``n`` test samples of a checkpoint (certify group).
+
+    Reports the seconds per sample of each cascade step, over the samples the step ran on.
+    """
+    from gls_np import checkpoint, data
+    from gls_np.backend import np
+    from gls_np.certify import cascade
+
+    net, meta = checkpoint.load(spec["checkpoint"], dtype="float64")
+    x, y = data.load(meta.dataset or "mnist", "test")
+    n = spec["batch"]
+    opts = cascade.Options(eps=spec["eps"], timeout=spec["timeout"])
+    t0 = time.perf_counter()
+    records, steps = cascade.certify(net, x[:n], y[:n], np.arange(n), opts)
+    seconds = time.perf_counter() - t0
+    return {
+        **spec,
+        "arch": meta.arch or "?",
+        "images_per_s": n / seconds,
+        "gflops": float("nan"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps": {k: {"seconds": v[0], "samples": v[1]} for k, v in steps.items()},
+        "certified": sum(r["status"] == "certified" for r in records) / n,
+        "timeouts": sum(r["status"] == "timeout" for r in records),
+    }
+
+
+def print_certify_summary(rows: list) -> None:
+    """Seconds per sample of each cascade step (certify group)."""
+    for r in rows:
+        if "steps" not in r:
+            continue
+        print(
+            f"certify: {r['checkpoint']}, eps {r['eps']}, {r['batch']} samples, "
+            f"certified {r['certified']:.1%}, timeouts {r['timeouts']}"
+        )
+        print(f"  {'step':<12}{'ran on':>8}{'s/sample':>10}")
+        for step, d in r["steps"].items():
+            per = f"{d['seconds'] / d['samples']:>10.4f}" if d["samples"] else f"{'-':>10}"
+            print(f"  {step:<12}{d['samples']:>8}{per}")
 
 
 def mpi_command(ranks: int) -> list:
@@ -288,6 +332,18 @@ def plan(args) -> list:
                         "comm": comm,
                     }
                 )
+        if "certify" in groups and arch == "cnn3":
+            if not args.checkpoint:
+                raise SystemExit("the certify group needs --checkpoint (a trained CNN3)")
+            specs.append(
+                {
+                    **base,
+                    "workload": "certify",
+                    "checkpoint": args.checkpoint,
+                    "batch": args.certify_n,
+                    "timeout": args.certify_timeout,
+                }
+            )
         if "train" in groups:
             for m in ("none", "pgd", *args.methods.split(",")):
                 specs.append(
@@ -308,8 +364,11 @@ def main(argv=None):
     p.add_argument(
         "--only",
         default="gemm,forward,bounds,pgpe",
-        help="comma list of gemm, forward, bounds, pgpe, train, mpi",
+        help="comma list of gemm, forward, bounds, pgpe, train, mpi, certify",
     )
+    p.add_argument("--checkpoint", default="", help="trained CNN3 of the certify group")
+    p.add_argument("--certify-n", type=int, default=100, help="test samples of the certify group")
+    p.add_argument("--certify-timeout", type=float, default=60.0, help="MILP s per sample")
     p.add_argument("--archs", default="cnn3,cnn5")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--batch", type=int, default=512)
@@ -326,14 +385,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        row = mpi_worker(spec) if "ranks" in spec else worker(spec)
+        if "ranks" in spec:
+            row = mpi_worker(spec)
+        elif spec["workload"] == "certify":
+            row = certify_worker(spec)
+        else:
+            row = worker(spec)
         if row is not None:
             print(json.dumps(row))
         return
     peak = gemm_gflops(repeats=args.repeats)
     print(f"float32 GEMM (2048^3, numpy): {peak:.1f} GFLOP/s")
     rows = []
-    header = f"{'workload':<26}{'arch':<6}{'batch':>6}{'img/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak RSS MB':>12}"
+    header = (
+        f"{'workload':<26}{'arch':<6}{'batch':>6}{'img/s':>11}{'GFLOP/s':>9}{'of peak':>9}"
+        f"{'peak RSS MB':>12}"
+    )
     print(header)
     for spec in plan(args):
         r = run_workload(spec, args.timeout)
@@ -347,6 +414,7 @@ def main(argv=None):
                 flush=True,
             )
     print_mpi_summary(rows)
+    print_certify_summary(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"gemm_gflops": peak, "rows": rows}, indent=2))
 

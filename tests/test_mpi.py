@@ -160,3 +160,20 @@ def test_evaluation_splits_the_samples(comm, run_dir):
 def test_ranks_out_of_sync_are_detected(comm):
     with pytest.raises(train.TrainingError, match="ranks out of sync: the center differs"):
         train._check_in_sync(comm, {"center": np.full(4, float(comm.rank)), "t": 0})
+
+
+def test_certification_split_over_ranks_equals_one_process(comm):
+    from gls_np.certify import cascade
+
+    net = nets.build("cnn3", "mnist", init="ibp", dtype="float64", seed=1)
+    x, y = data.load("mnist", "test")
+    x, y = x[:10], y[:10]
+    opts = cascade.Options(eps=0.02, pgd_steps=5, pgd_restarts=1, alpha_steps=2, timeout=0)
+    split, steps = cascade.certify(net, x, y, np.arange(10), opts, batch_size=3, comm=comm)
+    if comm.rank:
+        assert split is None and steps is None
+        return
+    one, _ = cascade.certify(net, x, y, np.arange(10), opts, batch_size=3)
+    strip = lambda rs: [{k: repr(v) for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(split) == strip(one)
+    assert steps["natural"][1] == 10
