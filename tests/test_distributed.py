@@ -70,3 +70,45 @@ def test_shared_draws_give_each_row_the_numbers_of_the_whole_batch():
     np.testing.assert_array_equal(rng.standard_normal(4), plain.standard_normal(4))
     with pytest.raises(ValueError, match="this rank's 4 rows first"):
         rng.random((3, 2))
+
+
+class _FakeCuda:
+    """The two calls bind_gpu makes of cupy.cuda, recorded (no GPU on CI machines)."""
+
+    def __init__(self, count):
+        self.used = []
+        outer = self
+
+        class Runtime:
+            @staticmethod
+            def getDeviceCount():  # noqa: N802 (CuPy's name)
+                return count
+
+        class Device:
+            def __init__(self, i):
+                self.i = i
+
+            def use(self):
+                outer.used.append(self.i)
+
+        self.runtime, self.Device = Runtime, Device
+
+
+@pytest.mark.parametrize("local_rank,count,expected", [(0, 4, 0), (5, 4, 1), (3, 1, 0)])
+def test_bind_gpu_takes_local_rank_mod_gpus(monkeypatch, local_rank, count, expected):
+    import sys
+    import types
+
+    from gls_np import backend
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = _FakeCuda(count)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(backend._state, "device", "cpu")
+    comm = SingleProcess()
+    monkeypatch.setattr(comm, "local_rank", local_rank, raising=False)
+    assert distributed.bind_gpu(comm) == expected
+    assert fake.cuda.used == [expected]
+    fake.cuda = _FakeCuda(0)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        distributed.bind_gpu(comm)
