@@ -168,6 +168,11 @@ def build_parser():
         help="stop after N optimizer steps, checkpoint written (0 = no limit)",
     )
     g(
+        "--keep-epochs",
+        action="store_true",
+        help="also keep a copy of the checkpoint of every finished epoch (checkpoint-eNNN.h5)",
+    )
+    g(
         "--cert-size",
         type=int,
         help=f"test examples for per-epoch adversarial/certified accuracy; default {d.cert_size}",

@@ -56,6 +56,7 @@ class Config:
     train_size: int = 0
     test_size: int = 0
     max_steps: int = 0
+    keep_epochs: bool = False
     eval_batch_size: int = 1000
     cert_size: int = 200
     eps_warmup: float = 0.0

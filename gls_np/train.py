@@ -35,6 +35,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -280,6 +282,13 @@ def _tree_to_device(tree):
     return to_device(tree) if hasattr(tree, "shape") else tree
 
 
+def _keep_copy(src: Path, dest: Path) -> None:
+    """Copy a finished epoch's checkpoint beside the latest one, atomically."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
 def _append_metrics(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -482,6 +491,8 @@ def run(cfg: Config, comm=None) -> dict:
         if in_epoch >= steps_per_epoch:
             epoch += 1
         save(epoch)
+        if cfg.keep_epochs and lead and in_epoch >= steps_per_epoch:
+            _keep_copy(ckpt_path, out / f"checkpoint-e{epoch:03d}.h5")
         # the checkpoint exists for every rank once the epoch is over
         comm.barrier()
     return last

@@ -50,6 +50,20 @@ def test_tiny_run_writes_checkpoint_config_and_metrics(tmp_path):
     assert train.evaluate(net, x[:100], y[:100]) == pytest.approx(last["test_acc"])
 
 
+def test_keep_epochs_copies_each_finished_epoch(tmp_path):
+    train.run(tiny(tmp_path, "k", keep_epochs=True))
+    out = tmp_path / "k"
+    assert sorted(p.name for p in out.glob("checkpoint*.h5")) == [
+        "checkpoint-e001.h5",
+        "checkpoint-e002.h5",
+        "checkpoint.h5",
+    ]
+    assert checkpoint.load(out / "checkpoint-e001.h5")[1].step == 4
+    last, _ = checkpoint.load(out / "checkpoint.h5")
+    np.testing.assert_array_equal(checkpoint.load(out / "checkpoint-e002.h5")[0].theta, last.theta)
+    assert not list(out.glob("*.tmp"))
+
+
 def test_resume_reaches_the_uninterrupted_result(tmp_path):
     full = tiny(tmp_path, "full")
     train.run(full)
