@@ -88,6 +88,7 @@ demo: venv
 	    --init-from runs/demo-pgd/checkpoint.h5 --train-size 256 --batch-size 32 --epochs 1 \
 	    --popsize 16 --lr 5e-4 --cert-size 50 --seed 0 --out runs/demo-pgpe
 	$(PY) -m gls_np inspect runs/demo-pgpe/checkpoint.h5
+	$(PY) -m gls_np certify runs/demo-pgpe/checkpoint.h5 --n 100 --timeout 5
 
 # `make demo` over RANKS ranks, with IBP: a data-parallel IBP warm start (GRAD splits each batch),
 # then PGPE on IBP bounds (the population split between the ranks). Same command lines as one process.
