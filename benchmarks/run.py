@@ -5,6 +5,7 @@ Usage:
   python benchmarks/run.py                       # every group
   python benchmarks/run.py --only gemm,forward,bounds --json results.json
   python benchmarks/run.py --only bounds --archs cnn3 --methods ibp,deeppoly --batch 128
+  GLS_NP_MALLOC=default python benchmarks/run.py   # without backend.tune_allocator()
 
 Each workload runs in its own subprocess, so its peak RSS is its own. The table
 gives images/s, the GFLOP/s that is (dense-equivalent GEMM FLOPs, counted
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -104,10 +106,12 @@ def flops(net, workload, spec_rows=9):
 def worker(spec: dict) -> dict:
     """Run one workload in this process and return its row."""
     from gls_np import bounds, nets, objectives
-    from gls_np.backend import np
+    from gls_np.backend import np, tune_allocator
     from gls_np.losses import cross_entropy
     from gls_np.tensor import value_and_grad
 
+    if os.environ.get("GLS_NP_MALLOC", "tuned") == "tuned":
+        tune_allocator()  # reuse freed memory instead of page-faulting in new memory
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
     rng = np.random.default_rng(0)
     B = spec["batch"]

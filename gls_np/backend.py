@@ -12,6 +12,7 @@ is seen, so importing gls_np never imports cupy.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -116,47 +117,175 @@ def set_rng_state(rng: np.random.Generator, state: dict) -> None:
     rng.bit_generator.state = state
 
 
-def windows(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
-    """Sliding windows of an NCHW array (im2col without the final reshape).
+def tune_allocator(keep_bytes: int = 1 << 31) -> bool:
+    """Make the C allocator keep freed memory for reuse instead of unmapping it (glibc).
 
-    Shapes: x (*lead, C, H, W) -> (*lead, C, kh, kw, Ho, Wo), with
-    Ho = (H + 2 padding - kh) // stride + 1 (same for Wo).
-    Built from kh*kw strided slices (one copy), so it works unchanged on CuPy.
+    By default every temporary over 32 MiB (and, until glibc adapts, over 128 KiB)
+    is a fresh mmap whose pages fault in on first touch, each zeroed by the kernel:
+    on the convolution and bound workloads that costs as much as the arithmetic.
+    Raising malloc's mmap and trim thresholds to ``keep_bytes`` lets freed blocks
+    be reused; the process keeps its peak memory mapped. Call it once at start-up
+    from an entry point (the training CLI, the benchmarks): importing gls_np never
+    does. Returns True when applied, False where there is no glibc (it is harmless
+    to skip: only speed changes).
     """
-    xp = get_xp(x)
-    *lead, C, H, W = x.shape
-    if padding:
-        pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding), (padding, padding)]
-        x = xp.pad(x, pad)
-    Hp, Wp = H + 2 * padding, W + 2 * padding
-    Ho = (Hp - kh) // stride + 1
-    Wo = (Wp - kw) // stride + 1
-    if Ho <= 0 or Wo <= 0:
-        raise ValueError(f"kernel {kh}x{kw} larger than padded input {Hp}x{Wp}")
-    out = xp.empty((*lead, C, kh, kw, Ho, Wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[..., i, j, :, :] = x[
-                ..., i : i + stride * (Ho - 1) + 1 : stride, j : j + stride * (Wo - 1) + 1 : stride
-            ]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    # older glibc caps the mmap threshold at 32 MiB; take the cap if the larger value is refused
+    if not libc.mallopt(m_mmap_threshold, keep_bytes):
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+    return bool(libc.mallopt(m_trim_threshold, keep_bytes) and libc.mallopt(m_top_pad, 64 << 20))
+
+
+def contiguous(a: Array, block: int = 64) -> Array:
+    """Return a C-contiguous copy of ``a`` (``a`` itself when it already is one).
+
+    A transposed view (a strided last axis) is copied ``block`` columns at a time:
+    each source cache line then serves ``block`` values before it is evicted,
+    2-3x faster than one copy on arrays beyond the cache. Shapes: unchanged.
+    """
+    xp = get_xp(a)
+    if a.flags.c_contiguous or a.nbytes < (1 << 20) or a.strides[-1] == a.itemsize:
+        return xp.ascontiguousarray(a)
+    out = xp.empty(a.shape, dtype=a.dtype)
+    for j in range(0, a.shape[-1], block):
+        out[..., j : j + block] = a[..., j : j + block]
     return out
 
 
-def unwindows(cols: Array, H: int, W: int, stride: int, padding: int) -> Array:
+def _taps(n_in: int, n_out: int, k: int, stride: int, padding: int) -> list:
+    """List, per kernel offset i, the outputs whose tap reads inside the image.
+
+    Returns (lo, hi, start) per i: the outputs lo..hi-1 whose input index
+    stride * o + i - padding lies in [0, n_in), and the input index of output lo.
+    Padding is handled by these ranges instead of a padded copy of the input.
+    """
+    taps = []
+    for i in range(k):
+        lo = max(0, -((i - padding) // stride))
+        hi = max(lo, min(n_out, (n_in - 1 + padding - i) // stride + 1))
+        taps.append((lo, hi, stride * lo + i - padding))
+    return taps
+
+
+def _spatial(shape, trailing: int, kh: int, kw: int, stride: int, padding: int):
+    """(H, W, Ho, Wo) of the spatial axes that sit ``trailing`` axes from the end."""
+    H, W = shape[len(shape) - 2 - trailing : len(shape) - trailing]
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (W + 2 * padding - kw) // stride + 1
+    if Ho <= 0 or Wo <= 0:
+        raise ValueError(
+            f"kernel {kh}x{kw} larger than padded input {H + 2 * padding}x{W + 2 * padding}"
+        )
+    return H, W, Ho, Wo
+
+
+def _band(tap: tuple, r0: int, r1: int, stride: int) -> tuple:
+    """Restrict a tap's (lo, hi, start) to the output rows [r0, r1)."""
+    lo, hi, start = tap
+    blo = min(max(lo, r0), r1)
+    return blo, max(min(hi, r1), blo), start + stride * (blo - lo)
+
+
+def windows(
+    x: Array,
+    kh: int,
+    kw: int,
+    stride: int,
+    padding: int,
+    trailing: int = 0,
+    rows: tuple | None = None,
+    out: Array | None = None,
+) -> Array:
+    """Sliding windows of an image array (im2col without the final reshape).
+
+    Shapes: x (*lead, H, W, *trail) -> (*lead, kh, kw, Ho, Wo, *trail), with
+    Ho = (H + 2 padding - kh) // stride + 1 (same for Wo) and ``trailing`` = len(trail);
+    for NCHW, lead ends in C and trail is empty. ``rows=(r0, r1)`` takes only the
+    windows of output rows r0..r1-1 (a band: r1 - r0 rows instead of Ho), and
+    ``out`` is an array of the result's shape to write into (a reused block buffer).
+    Built from kh*kw strided slice copies (plus zeroed borders where a window
+    overhangs the padding), so it works unchanged on CuPy. With the batch as a
+    trailing axis (``trailing=1``), every copy moves contiguous runs of the whole
+    batch, which is what makes the convolutions of ``ops`` fast.
+    """
+    xp = get_xp(x)
+    H, W, Ho, Wo = _spatial(x.shape, trailing, kh, kw, stride, padding)
+    r0, r1 = (0, Ho) if rows is None else rows
+    lead, trail = x.shape[: x.ndim - 2 - trailing], x.shape[x.ndim - trailing :]
+    shape = (*lead, kh, kw, r1 - r0, Wo, *trail)
+    if out is None:
+        out = xp.empty(shape, dtype=x.dtype)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"windows: out must have shape {shape}, got {tuple(out.shape)}")
+    tail = (slice(None),) * trailing
+    n = r1 - r0
+    wtaps = _taps(W, Wo, kw, stride, padding)
+    for i, tap in enumerate(_taps(H, Ho, kh, stride, padding)):
+        a0, a1, h0 = _band(tap, r0, r1, stride)
+        a0, a1 = a0 - r0, a1 - r0
+        for j, (b0, b1, w0) in enumerate(wtaps):
+            o = out[(Ellipsis, i, j, slice(None), slice(None), *tail)]
+            if a1 > a0 and b1 > b0:
+                rs = slice(h0, h0 + stride * (a1 - a0 - 1) + 1, stride)
+                cs = slice(w0, w0 + stride * (b1 - b0 - 1) + 1, stride)
+                o[(Ellipsis, slice(a0, a1), slice(b0, b1), *tail)] = x[(Ellipsis, rs, cs, *tail)]
+            # the zero padding: outputs whose window tap falls outside the image
+            for rs, cs, empty in (
+                (slice(0, a0), slice(None), a0 == 0),
+                (slice(a1, n), slice(None), a1 == n),
+                (slice(a0, a1), slice(0, b0), a1 == a0 or b0 == 0),
+                (slice(a0, a1), slice(b1, Wo), a1 == a0 or b1 == Wo),
+            ):
+                if not empty:
+                    o[(Ellipsis, rs, cs, *tail)] = 0
+    return out
+
+
+def unwindows(
+    cols: Array,
+    H: int,
+    W: int,
+    stride: int,
+    padding: int,
+    trailing: int = 0,
+    rows: tuple | None = None,
+    out: Array | None = None,
+) -> Array:
     """Adjoint of ``windows``: scatter-add windows back onto the image (col2im).
 
-    Shapes: cols (*lead, C, kh, kw, Ho, Wo) -> (*lead, C, H, W).
+    Shapes: cols (*lead, kh, kw, Ho, Wo, *trail) -> (*lead, H, W, *trail).
     Math: <windows(x), cols> = <x, unwindows(cols)> for all x.
+    Taps that read the padding are dropped, so the sum lands on the unpadded image.
+    ``rows=(r0, r1)`` says that cols holds only the windows of output rows r0..r1-1
+    (a band of ``windows``), and ``out`` is a zero-initialised image they are added
+    into (so a band at a time accumulates the whole adjoint).
     """
     xp = get_xp(cols)
-    *lead, C, kh, kw, Ho, Wo = cols.shape
-    Hp, Wp = H + 2 * padding, W + 2 * padding
-    out = xp.zeros((*lead, C, Hp, Wp), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[
-                ..., i : i + stride * (Ho - 1) + 1 : stride, j : j + stride * (Wo - 1) + 1 : stride
-            ] += cols[..., i, j, :, :]
-    if padding:
-        out = out[..., padding : padding + H, padding : padding + W]
+    nd = cols.ndim - trailing
+    kh, kw, n, Wo = cols.shape[nd - 4 : nd]
+    r0, r1 = (0, n) if rows is None else rows
+    if r1 - r0 != n:
+        raise ValueError(f"unwindows: cols hold {n} rows of windows, rows={rows}")
+    lead, trail = cols.shape[: nd - 4], cols.shape[nd:]
+    if out is None:
+        out = xp.zeros((*lead, H, W, *trail), dtype=cols.dtype)
+    tail = (slice(None),) * trailing
+    # windows no larger than the stride never overlap: plain copies, no additions
+    overlap = kh > stride or kw > stride
+    wtaps = _taps(W, Wo, kw, stride, padding)
+    for i, tap in enumerate(_taps(H, r1, kh, stride, padding)):
+        a0, a1, h0 = _band(tap, r0, r1, stride)
+        for j, (b0, b1, w0) in enumerate(wtaps):
+            if a1 > a0 and b1 > b0:
+                rs = slice(h0, h0 + stride * (a1 - a0 - 1) + 1, stride)
+                cs = slice(w0, w0 + stride * (b1 - b0 - 1) + 1, stride)
+                tap_cols = cols[(Ellipsis, i, j, slice(a0 - r0, a1 - r0), slice(b0, b1), *tail)]
+                if overlap:
+                    out[(Ellipsis, rs, cs, *tail)] += tap_cols
+                else:
+                    out[(Ellipsis, rs, cs, *tail)] = tap_cols
     return out

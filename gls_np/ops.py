@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import get_xp, unwindows, windows
+from .backend import contiguous, get_xp, np, unwindows, windows
 from .tensor import Tensor, data, needs_grad, record
 
 
@@ -111,10 +111,12 @@ def abs(a):  # noqa: A001 - the math name
 def relu(a):
     """max(a, 0); NOTE: the gradient at 0 is taken as 0."""
     ad = data(a)
-    xp = get_xp(ad)
-    mask = ad > 0
+    # fmax(a, 0) + 0 equals where(a > 0, a, 0) bit for bit (NaN -> 0, -0 -> +0) but has
+    # no per-element branch: where() on random signs is ~10x slower on a CPU
+    out = get_xp(ad).fmax(ad, 0)
+    out += 0
     # d relu(a) = 1[a > 0] da
-    return record(xp.where(mask, ad, 0).astype(ad.dtype, copy=False), (a, lambda g: g * mask))
+    return record(out, (a, lambda g: g * (ad > 0)))
 
 
 def exp(a):
@@ -339,47 +341,117 @@ def gather(a, idx):
 # ---------------------------------------------------------------- linear algebra
 
 
+def _shared(a):
+    """Tell whether ``a`` has no batch axes beyond size 1 (one matrix for every entry)."""
+    return math.prod(a.shape[:-2]) == 1
+
+
+def _gemm_ready(a):
+    """Return ``a``, or a contiguous copy when neither matrix axis has unit stride.
+
+    BLAS reads a matrix row- or column-major; NumPy falls back to a slow loop
+    for anything else (e.g. a batch-last column vector), so one copy pays off.
+    """
+    if a.itemsize in a.strides[-2:]:
+        return a
+    return get_xp(a).ascontiguousarray(a)
+
+
+def _rows_major(a):
+    """Tell whether the rows of ``a`` (axis -2) have unit stride: a batch-last activation."""
+    return a.strides[-2] == a.itemsize and a.shape[-2] > 1
+
+
+def _gemm(a, b, rows_major):
+    """Multiply a (M, k) @ b (k, m) in one GEMM, with unit stride along M if ``rows_major``.
+
+    That is the batch-last order of the convolutions: computed as (b^T a^T)^T, the
+    same GEMM for BLAS, the result goes to (or comes back from) a convolution
+    without a transposing copy.
+    """
+    if rows_major:
+        return (b.T @ a.T).T
+    return _gemm_ready(a) @ b
+
+
+def _product(a, b):
+    """Multiply batched a @ b, an inner dimension of 1 by broadcasting.
+
+    That is an outer product (e.g. the cotangent of a per-sample matrix-vector
+    product): one broadcast multiply replaces a GEMM call per batch entry, with the
+    same single product in every entry.
+    """
+    if a.shape[-1] == 1:
+        xp = get_xp(a, b)
+        return xp.ascontiguousarray(a) * xp.ascontiguousarray(b)
+    return get_xp(a, b).matmul(_gemm_ready(a), _gemm_ready(b))
+
+
 def matmul(a, b):
     """a @ b with NumPy's batch broadcasting (both at least 2-D).
 
     Shapes: a (..., n, k), b (..., k, m) -> (..., n, m).
-    A 2-D ``b`` is folded into one GEMM over all leading axes of ``a``.
+    A ``b`` without batch axes (a weight) is folded into one GEMM over all
+    leading axes of ``a``. The result keeps the memory order of ``a``'s rows
+    (unit stride along them for batch-last activations, see the convolutions).
     """
     ad, bd = data(a), data(b)
     xp = get_xp(ad, bd)
     if ad.ndim < 2 or bd.ndim < 2:
         raise ValueError(f"matmul needs 2-D or more, got {ad.shape} @ {bd.shape}")
-    if bd.ndim == 2 and ad.ndim > 2:
-        out = (ad.reshape(-1, ad.shape[-1]) @ bd).reshape(*ad.shape[:-1], bd.shape[-1])
+    batch = np.broadcast_shapes(ad.shape[:-2], bd.shape[:-2])
+    fold_b = _shared(bd) and not _shared(ad)
+    if fold_b:
+        b2 = bd.reshape(bd.shape[-2:])
+        a2 = ad.reshape(-1, ad.shape[-1])
+        out = _gemm(a2, b2, _rows_major(a2)).reshape(*batch, ad.shape[-2], -1)
+    elif _rows_major(ad):
+        out = xp.swapaxes(_product(xp.swapaxes(bd, -1, -2), xp.swapaxes(ad, -1, -2)), -1, -2)
     else:
-        out = xp.matmul(ad, bd)
+        out = _product(ad, bd)
 
     def vjp_a(g):
         # d(a b) = da b  =>  da = g b^T
-        if ad.ndim == 2 and g.ndim > 2:
+        if _shared(ad) and not _shared(g):
             # shared a: sum over the batch inside one GEMM
             gm = xp.moveaxis(g, -2, 0).reshape(g.shape[-2], -1)
             bm = xp.moveaxis(xp.broadcast_to(bd, (*g.shape[:-2], *bd.shape[-2:])), -2, 0)
-            return gm @ bm.reshape(bd.shape[-2], -1).T
-        return unbroadcast(xp.matmul(g, xp.swapaxes(bd, -1, -2)), ad.shape)
+            return (gm @ bm.reshape(bd.shape[-2], -1).T).reshape(ad.shape)
+        if fold_b:
+            # the cotangent takes a's memory order, ready for a convolution's VJP
+            da = _gemm(g.reshape(-1, g.shape[-1]), b2.T, _rows_major(a2))
+            return da.reshape(ad.shape)
+        return unbroadcast(_product(g, xp.swapaxes(bd, -1, -2)), ad.shape)
 
     def vjp_b(g):
         # d(a b) = a db  =>  db = a^T g
-        if bd.ndim == 2 and g.ndim > 2:
+        if fold_b:
             # shared b (a weight): sum over the batch inside one GEMM
             am = xp.broadcast_to(ad, (*g.shape[:-1], ad.shape[-1])).reshape(-1, ad.shape[-1])
-            return am.T @ g.reshape(-1, g.shape[-1])
-        return unbroadcast(xp.matmul(xp.swapaxes(ad, -1, -2), g), bd.shape)
+            return (am.T @ g.reshape(-1, g.shape[-1])).reshape(bd.shape)
+        return unbroadcast(_product(xp.swapaxes(ad, -1, -2), g), bd.shape)
 
     return record(out, (a, vjp_a), (b, vjp_b))
 
 
 # ---------------------------------------------------------------- convolution
 #
-# Matrix layout used inside conv2d / conv2d_T: an activation (*lead, *batch, Ch, h, w)
-# is handled as (*lead, Ch, N*h*w) with N = prod(batch), so that a convolution is
-# W (*lead, O, K) @ cols (*lead, K, N*L) with K = C*kh*kw patch entries and
-# L = Ho*Wo windows per image.
+# Layout used inside conv2d / conv2d_T: the batch goes last. An activation
+# (*lead, *batch, Ch, h, w) is handled as (*lead, Ch, h, w, N) with N = prod(batch),
+# so im2col copies contiguous runs of N values and a convolution is one GEMM
+# W (*lead, O, K) @ cols (*lead, K, L*N) with K = C*kh*kw patch entries and
+# L = Ho*Wo windows, whose result (*lead, O, Ho, Wo, N) is returned as a
+# (*lead, *batch, O, Ho, Wo) view without a transposing copy. Elementwise ops
+# keep that memory order, so the next convolution reads it back for free.
+#
+# Blocking: im2col columns are several times larger than the image, and writing
+# them to memory only for the GEMM to read them back is what bounds a convolution
+# on a CPU. They are made one block of output rows (and population members) at a
+# time, about _BLOCK_BYTES, into one reused buffer that stays in cache between the
+# copy and the GEMM; the weight gradients remake them the same way instead of
+# keeping them on the tape.
+
+_BLOCK_BYTES = 16 << 20
 
 
 def _conv_lead(x, W):
@@ -397,50 +469,6 @@ def _conv_lead(x, W):
     return (), x.shape[:-3]
 
 
-def _im2col(x, kh, kw, stride, padding, lead, batch):
-    """(*lead, *batch, C, H, W) -> cols (*lead, K, N*L) and (Ho, Wo); one copy."""
-    cols = windows(x, kh, kw, stride, padding)
-    Ho, Wo = cols.shape[-2:]
-    n = math.prod(batch)
-    cols = cols.reshape(*lead, n, -1, Ho * Wo)
-    cols = get_xp(x).moveaxis(cols, -3, -2)
-    return cols.reshape(*lead, cols.shape[-3], n * Ho * Wo), (Ho, Wo)
-
-
-def _col2im(cols, C, kh, kw, H, W, Ho, Wo, stride, padding, lead, batch):
-    """Adjoint of _im2col: cols (*lead, K, N*L) -> (*lead, *batch, C, H, W)."""
-    xp = get_xp(cols)
-    n = math.prod(batch)
-    cols = cols.reshape(*lead, C * kh * kw, n, Ho * Wo)
-    cols = xp.moveaxis(cols, -3, -2).reshape(*lead, *batch, C, kh, kw, Ho, Wo)
-    return unwindows(cols, H, W, stride, padding)
-
-
-def _to_mat(y, lead, batch):
-    """(*lead, *batch, Ch, h, w) -> (*lead, Ch, N*h*w)."""
-    xp = get_xp(y)
-    Ch, h, w = y.shape[-3:]
-    m = y.reshape(*lead, math.prod(batch), Ch, h * w)
-    return xp.moveaxis(m, -2, -3).reshape(*lead, Ch, -1)
-
-
-def _from_mat(m, lead, batch, hw):
-    """(*lead, Ch, N*h*w) -> (*lead, *batch, Ch, h, w)."""
-    xp = get_xp(m)
-    Ch = m.shape[-2]
-    m = m.reshape(*lead, Ch, math.prod(batch), hw[0] * hw[1])
-    return xp.ascontiguousarray(xp.moveaxis(m, -3, -2)).reshape(*lead, *batch, Ch, *hw)
-
-
-def _mm(Wm, cols):
-    """Wm (*wl, O, K) @ cols (*cl, K, M) -> (*lead, O, M); a 2-D ``cols`` under
-    population weights becomes one stacked GEMM (P*O, K) @ (K, M)."""
-    if cols.ndim == 2 and Wm.ndim == 3:
-        P, O, K = Wm.shape
-        return (Wm.reshape(P * O, K) @ cols).reshape(P, O, cols.shape[-1])
-    return Wm @ cols
-
-
 def _squeeze_shared(a, lead):
     """Drop a population axis of size 1 (a shared input) for the GEMM layout."""
     if lead == (1,):
@@ -448,15 +476,223 @@ def _squeeze_shared(a, lead):
     return a, lead
 
 
+def _batch_last(a, lead, batch):
+    """(*lead, *batch, Ch, h, w) -> (*lead, Ch, h, w, N) with unit stride along N.
+
+    A view when ``a`` already has the batch-last memory order (a convolution's
+    output, or an elementwise function of one); otherwise one transposing copy.
+    """
+    xp = get_xp(a)
+    a = xp.moveaxis(a.reshape(*lead, math.prod(batch), *a.shape[-3:]), len(lead), -1)
+    if a.strides[-1] != a.itemsize and a.shape[-1] > 1:
+        a = contiguous(a)
+    return a
+
+
+def _from_last(a, lead, batch):
+    """(*lead, Ch, h, w, N) -> a (*lead, *batch, Ch, h, w) view."""
+    nl, nb = len(lead), len(batch)
+    a = a.reshape(*a.shape[:-1], *batch)
+    return get_xp(a).moveaxis(a, tuple(range(nl + 3, nl + 3 + nb)), tuple(range(nl, nl + nb)))
+
+
+def _mm(Wm, cols, reduce=False):
+    """Wm (*wl, R, K) @ cols (*cl, K, M) -> (*lead, R, M) in one GEMM where it can be.
+
+    A 2-D ``cols`` under population weights (a shared input) becomes one stacked
+    GEMM (P*R, K) @ (K, M). With ``reduce`` the population is summed away inside
+    one GEMM (R, P*K) @ (P*K, M): the cotangent of a shared input.
+    """
+    if reduce:
+        P, R, K = Wm.shape
+        Wr = get_xp(Wm).moveaxis(Wm, 0, 1).reshape(R, P * K)
+        return Wr @ cols.reshape(P * K, cols.shape[-1])
+    if cols.ndim == 2 and Wm.ndim == 3:
+        P, R, K = Wm.shape
+        return (Wm.reshape(P * R, K) @ cols).reshape(P, R, cols.shape[-1])
+    return Wm @ cols
+
+
+def _blocks(members, rows, row_bytes):
+    """Split (members, output rows) into blocks of about _BLOCK_BYTES.
+
+    Returns [(p0, p1, r0, r1)]: whole members while they fit, else bands of rows.
+    """
+    member_bytes = rows * row_bytes
+    if member_bytes <= _BLOCK_BYTES:
+        step = max(1, _BLOCK_BYTES // max(member_bytes, 1))
+        return [(p, min(p + step, members), 0, rows) for p in range(0, members, step)]
+    step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    return [
+        (p, p + 1, r, min(r + step, rows)) for p in range(members) for r in range(0, rows, step)
+    ]
+
+
+def _each_block(xl, kh, kw, stride, padding, together, out_rows, use):
+    """Call ``use(cols, p0, p1, r0, r1)`` on the im2col columns of xl, block by block.
+
+    Shapes: xl (*xlead, C, H, W, N) -> cols (*blead, C*kh*kw, rows*Wo*N) for members
+    p0..p1-1 (all of them with ``together``; xl without a population axis is one)
+    and output rows r0..r1-1. ``out_rows`` (rows of the product ``use`` makes per column)
+    enters the block size. ``cols`` is a reused buffer: ``use`` must not keep it.
+    """
+    xp = get_xp(xl)
+    C, H, W, N = xl.shape[-4:]
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (W + 2 * padding - kw) // stride + 1
+    per_member = xl.ndim == 5 and not together
+    group = xl.shape[0] if xl.ndim == 5 and together else 1
+    row_bytes = (group * C * kh * kw + out_rows) * Wo * N * xl.itemsize
+    blocks = _blocks(xl.shape[0] if per_member else 1, Ho, row_bytes)
+    p0, p1, r0, r1 = blocks[0]
+    buf = xp.empty(max(p1 - p0, group) * C * kh * kw * (r1 - r0) * Wo * N, dtype=xl.dtype)
+    for p0, p1, r0, r1 in blocks:
+        xb = xl[p0:p1] if per_member else xl
+        shape = (*xb.shape[:-4], C, kh, kw, r1 - r0, Wo, N)
+        cols = buf[: math.prod(shape)].reshape(shape)
+        windows(xb, kh, kw, stride, padding, 1, rows=(r0, r1), out=cols)
+        use(cols.reshape(*shape[:-6], C * kh * kw, -1), p0, p1, r0, r1)
+
+
+def _band(a, p0, p1, r0, r1, per_member):
+    """View rows r0..r1-1 (members p0..p1-1) of a batch-last array as a matrix.
+
+    Shapes: a (*lead, Ch, h, w, N) -> (*lead, Ch, rows*w*N).
+    """
+    a = a[p0:p1] if per_member else a
+    a = a[..., r0:r1, :, :]
+    return a.reshape(*a.shape[:-3], -1)
+
+
+def _convolved(xl, W, stride, padding):
+    """W x in the batch-last layout.  Shapes: xl (*xlead, C, H, W, N) -> (*lead, O, Ho, Wo, N)."""
+    O, C, kh, kw = W.shape[-4:]
+    H, Wi, N = xl.shape[-3:]
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (Wi + 2 * padding - kw) // stride + 1
+    Wm = W.reshape(*W.shape[:-3], C * kh * kw)
+    lead = W.shape[:-4] or xl.shape[:-4]
+    out = get_xp(xl, W).empty((*lead, O, Ho, Wo, N), dtype=xl.dtype)
+    per_member = xl.ndim == 5
+
+    def gemm(cols, p0, p1, r0, r1):
+        res = _mm(Wm[p0:p1] if per_member else Wm, cols)
+        dst = out[p0:p1] if per_member else out
+        dst[..., r0:r1, :, :] = res.reshape(*res.shape[:-1], r1 - r0, Wo, N)
+
+    stacked = W.shape[0] if W.ndim == 5 and not per_member else 1
+    _each_block(xl, kh, kw, stride, padding, False, stacked * O, gemm)
+    return out
+
+
+def _weight_grad(gl, xl, W_shape, stride, padding):
+    """dW = g cols(x)^T summed over the batch, the columns remade block by block.
+
+    Remaking them costs one more im2col pass in cache; keeping them would put
+    several times the activations' memory on the tape.
+
+    Shapes: gl (*glead, O, Ho, Wo, N) and xl (*xlead, C, H, W, N), both batch-last
+    -> dW (*lead, O, C, kh, kw); a population axis on either side gives one.
+    """
+    xp = get_xp(gl, xl)
+    O, C, kh, kw = W_shape[-4:]
+    lead = W_shape[:-4]
+    dW = xp.zeros((*lead, O, C * kh * kw), dtype=gl.dtype)
+    per_member = xl.ndim == 5
+
+    def gemm(cols, p0, p1, r0, r1):
+        gm = _band(gl, p0, p1, r0, r1, per_member and gl.ndim == 5)
+        if cols.ndim == 2 and gm.ndim == 3:
+            # a shared input: every member's rows against the same columns, one GEMM
+            P = gm.shape[0]
+            dW[...] += (gm.reshape(P * O, -1) @ cols.T).reshape(P, O, -1)
+        else:
+            dst = dW[p0:p1] if per_member else dW
+            dst += gm @ xp.swapaxes(cols, -1, -2)
+
+    _each_block(xl, kh, kw, stride, padding, False, 0, gemm)
+    return dW.reshape(W_shape)
+
+
+def _phase_weights(W, stride):
+    """Split the transposed convolution's kernel by output phase (sub-pixel convolution).
+
+    Shapes: W (*lead, O, C, k, k) -> (*lead, C*s*s, O*k'*k') with s = stride, k' = ceil(k / s).
+    Math: for an input pixel h + padding = s q + r (phase r), W^T y at h is
+    sum_{o, a} W[o, c, s a + r] y[o, q - a]: a stride-1 correlation of y with the
+    flipped sub-kernel Wt[c, r, o, k' - 1 - a] = W[o, c, s a + r] (0 where s a + r >= k).
+    """
+    xp = get_xp(W)
+    *lead, O, C, k, _ = W.shape
+    kp = -(-k // stride)
+    Wp = xp.zeros((*lead, O, C, stride * kp, stride * kp), dtype=W.dtype)
+    Wp[..., :k, :k] = W
+    Wp = Wp.reshape(*lead, O, C, kp, stride, kp, stride)[..., ::-1, :, ::-1, :]
+    nl = len(lead)
+    order = (*range(nl), nl + 1, nl + 3, nl + 5, nl, nl + 2, nl + 4)
+    return Wp.transpose(order).reshape(*lead, C * stride * stride, O * kp * kp)
+
+
+def _transposed(yl, W, H, Wi, stride, padding, reduce=False, method=None):
+    """W^T y in the batch-last layout: the core of conv2d_T and of conv2d's input VJP.
+
+    Shapes: yl (*ylead, O, Ho, Wo, N), W (*lead, O, C, k, k) -> (*lead, C, H, Wi, N),
+    or (C, H, Wi, N) summed over the population with ``reduce``.
+    Two exact ways to compute it, whichever moves less memory:
+    col2im: the GEMM W^T y gives every window's contribution (C k^2 Ho Wo values per
+    sample), then the overlapping windows are added onto the image (``unwindows``);
+    phases: split the image by output phase (h + padding) mod stride; each phase is a
+    stride-1 correlation of y with a sub-kernel (``_phase_weights``), so one im2col of
+    y (O k'^2 rows) and one GEMM give all phases, which interleave without overlap.
+    The second wins when O k'^2 + s^2 C is small against 2 C k^2 (e.g. 8 -> 8 channels,
+    k 4, stride 2: 4x less memory traffic); the first for few input channels.
+    Both run a cache-sized block of rows of y at a time (see _BLOCK_BYTES).
+    ``method`` ("col2im" or "phases") overrides the choice (for tests).
+    """
+    xp = get_xp(yl, W)
+    O, C, k, kw = W.shape[-4:]
+    Ho, Wo, N = yl.shape[-3:]
+    x = xp.zeros((*(() if reduce else W.shape[:-4]), C, H, Wi, N), dtype=yl.dtype)
+    per_member = yl.ndim == 5 and not reduce
+    stacked = W.shape[0] if W.ndim == 5 and yl.ndim == 4 else 1
+    kp = -(-k // stride)
+    Qh, Qw = Ho + kp - 1, Wo + kp - 1
+    if method is None:
+        phase_cost = (O * kp * kp + C * stride * stride) * Qh * Qw
+        method = "phases" if k == kw and phase_cost < 2 * C * k * kw * Ho * Wo else "col2im"
+    if method == "phases":
+        Wt = _phase_weights(W, stride)
+
+        def interleave(cols, p0, p1, r0, r1):
+            Z = _mm(Wt[p0:p1] if per_member else Wt, cols, reduce)
+            Z = Z.reshape(*Z.shape[:-2], C, stride, stride, r1 - r0, Qw, N)
+            unwindows(
+                Z, H, Wi, stride, padding, 1, rows=(r0, r1), out=x[p0:p1] if per_member else x
+            )
+
+        _each_block(yl, kp, kp, 1, kp - 1, reduce, stacked * C * stride * stride, interleave)
+        return x
+    Wm = xp.swapaxes(W.reshape(*W.shape[:-3], C * k * kw), -1, -2)
+    row_bytes = stacked * C * k * kw * Wo * N * yl.itemsize
+    for p0, p1, r0, r1 in _blocks(yl.shape[0] if per_member else 1, Ho, row_bytes):
+        dcols = _mm(Wm[p0:p1] if per_member else Wm, _band(yl, p0, p1, r0, r1, per_member), reduce)
+        dcols = dcols.reshape(*dcols.shape[:-2], C, k, kw, r1 - r0, Wo, N)
+        unwindows(
+            dcols, H, Wi, stride, padding, 1, rows=(r0, r1), out=x[p0:p1] if per_member else x
+        )
+    return x
+
+
 def conv2d(x, W, stride=1, padding=0):
     """2-D cross-correlation (PyTorch's Conv2d without bias), im2col + GEMM.
 
     Shapes: x (*lead, *batch, C, H, W), W (*lead, O, C, kh, kw)
     -> (*lead, *batch, O, Ho, Wo), Ho = (H + 2 padding - kh) // stride + 1.
-    Math: y[o, i, j] = sum_{c, a, b} W[o, c, a, b] x[c, stride i + a - padding, stride j + b - padding].
+    Math: y[o, i, j] = sum_{c, a, b} W[o, c, a, b] x[c, s i + a - padding, s j + b - padding]
+    with s = stride.
+    The result is a view in the batch-last memory order (see the layout note above).
     """
     xd, Wd = data(x), data(W)
-    xp = get_xp(xd, Wd)
     O, C, kh, kw = Wd.shape[-4:]
     if xd.ndim < 4 or xd.shape[-3] != C:
         raise ValueError(
@@ -464,37 +700,25 @@ def conv2d(x, W, stride=1, padding=0):
         )
     lead, batch = _conv_lead(xd, Wd)
     H, Wi = xd.shape[-2:]
+    if H + 2 * padding < kh or Wi + 2 * padding < kw:
+        raise ValueError(f"conv2d kernel {kh}x{kw} larger than padded input {H}x{Wi} + {padding}")
     xs, xlead = _squeeze_shared(xd, lead)
-    cols, (Ho, Wo) = _im2col(xs, kh, kw, stride, padding, xlead, batch)
-    Wm = Wd.reshape(*Wd.shape[:-3], C * kh * kw)
+    xl = _batch_last(xs, xlead, batch)
     out_lead = Wd.shape[:-4] if Wd.ndim == 5 else lead
-    out = _from_mat(_mm(Wm, cols), out_lead, batch, (Ho, Wo))
+    out = _from_last(_convolved(xl, Wd, stride, padding), out_lead, batch)
 
     def vjp_x(g):
-        # y = W cols(x)  =>  dx = cols^T(W^T g) = conv2d_T(g, W)
-        gm = _to_mat(g, out_lead, batch)
-        if xlead == () and Wd.ndim == 5:
-            # shared input: the stacked GEMM sums the P members' contributions
-            dcols = Wm.reshape(-1, Wm.shape[-1]).T @ gm.reshape(-1, gm.shape[-1])
-        else:
-            dcols = xp.swapaxes(Wm, -1, -2) @ gm
-        dx = _col2im(dcols, C, kh, kw, H, Wi, Ho, Wo, stride, padding, xlead, batch)
-        return dx.reshape(xd.shape)
+        # y = W cols(x)  =>  dx = cols^T(W^T g) = conv2d_T(g, W); a shared input
+        # sums the P members' contributions inside the GEMM
+        gl = _batch_last(g, out_lead, batch)
+        dx = _transposed(gl, Wd, H, Wi, stride, padding, reduce=xlead == () and Wd.ndim == 5)
+        return _from_last(dx, xlead, batch).reshape(xd.shape)
 
     def vjp_W(g):
         # y = W cols(x)  =>  dW = g cols^T, summed over the batch
-        return _weight_grad(_to_mat(g, out_lead, batch), cols, Wd.shape)
+        return _weight_grad(_batch_last(g, out_lead, batch), xl, Wd.shape, stride, padding)
 
     return record(out, (x, vjp_x), (W, vjp_W))
-
-
-def _weight_grad(gm, cols, W_shape):
-    """dW (*lead, O, C, kh, kw) from cotangent rows gm (*lead, O, M) and cols (*cl, K, M)."""
-    xp = get_xp(gm, cols)
-    if cols.ndim == 2 and gm.ndim == 3:
-        P, O, M = gm.shape
-        return (gm.reshape(P * O, M) @ cols.T).reshape(W_shape)
-    return (gm @ xp.swapaxes(cols, -1, -2)).reshape(W_shape)
 
 
 def conv2d_T(y, W, stride=1, padding=0, in_hw=None):
@@ -505,9 +729,9 @@ def conv2d_T(y, W, stride=1, padding=0, in_hw=None):
     drops rows; defaults to the smallest size that gives (Ho, Wo)).
     Math: <conv2d(x, W), y> = <x, conv2d_T(y, W)> for all x. Used to
     back-substitute linear bounds through a convolution (CROWN / DeepPoly).
+    The result is a view in the batch-last memory order, like conv2d's.
     """
     yd, Wd = data(y), data(W)
-    xp = get_xp(yd, Wd)
     O, C, kh, kw = Wd.shape[-4:]
     if yd.ndim < 4 or yd.shape[-3] != O:
         raise ValueError(
@@ -519,17 +743,10 @@ def conv2d_T(y, W, stride=1, padding=0, in_hw=None):
         in_hw = ((Ho - 1) * stride + kh - 2 * padding, (Wo - 1) * stride + kw - 2 * padding)
     H, Wi = in_hw
     ys, ylead = _squeeze_shared(yd, lead)
-    ym = _to_mat(ys, ylead, batch)
-    Wm = Wd.reshape(*Wd.shape[:-3], C * kh * kw)
-    WmT = xp.swapaxes(Wm, -1, -2)
+    yl = _batch_last(ys, ylead, batch)
     out_lead = Wd.shape[:-4] if Wd.ndim == 5 else lead
-    if ylead == () and Wd.ndim == 5:
-        # shared y: the P transposed weights form one stacked GEMM (P*K, O) @ (O, N*L)
-        P = Wd.shape[0]
-        dcols = (WmT.reshape(P * WmT.shape[-2], O) @ ym).reshape(P, WmT.shape[-2], -1)
-    else:
-        dcols = WmT @ ym
-    out = _col2im(dcols, C, kh, kw, H, Wi, Ho, Wo, stride, padding, out_lead, batch)
+    # a shared y meets the P weight tensors in one stacked GEMM (see _mm)
+    out = _from_last(_transposed(yl, Wd, H, Wi, stride, padding), out_lead, batch)
 
     def vjp_y(g):
         # x = W^T y  =>  dy = W g = conv2d(g, W)
@@ -538,8 +755,7 @@ def conv2d_T(y, W, stride=1, padding=0, in_hw=None):
 
     def vjp_W(g):
         # <W^T y, g> = <y, conv2d(g, W)>  =>  dW = y cols(g)^T, summed over the batch
-        gcols, _ = _im2col(g, kh, kw, stride, padding, out_lead, batch)
-        return _weight_grad(ym, gcols, Wd.shape)
+        return _weight_grad(yl, _batch_last(g, out_lead, batch), Wd.shape, stride, padding)
 
     return record(out, (y, vjp_y), (W, vjp_W))
 

@@ -68,3 +68,22 @@ def test_shape_errors_name_the_expected_shape():
         layers.Conv2d(3, 4, 3).out_shape((1, 8, 8))
     with pytest.raises(ValueError, match=r"expects input \(5,\)"):
         layers.Linear(5, 2).out_shape((4,))
+
+
+@pytest.mark.parametrize("layer,in_shape", CASES, ids=lambda c: getattr(c, "type", ""))
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_maps_do_not_depend_on_the_memory_layout(layer, in_shape, lead, rng):
+    """Convolutions hand over batch-last arrays; every map must read them like C-order ones."""
+    p = params_for(layer, rng, lead)
+    x = rng.standard_normal((*lead, 4, *in_shape))
+    nl = len(lead)
+    # the same values with the batch axis in unit stride
+    order = (*range(nl), *range(nl + 1, x.ndim), nl)
+    batch_last = np.moveaxis(np.ascontiguousarray(x.transpose(order)), -1, nl)
+    y = layer.forward(p, x)
+    np.testing.assert_allclose(layer.forward(p, batch_last), y, rtol=1e-12, atol=1e-12)
+    u = rng.standard_normal(y.shape)
+    u_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(u, nl, -1)), -1, nl)
+    np.testing.assert_allclose(
+        layer.linear_T(p, u_last, in_shape), layer.linear_T(p, u, in_shape), rtol=1e-12, atol=1e-12
+    )

@@ -259,3 +259,166 @@ def test_recompute_matches_the_taped_function(rng):
     _, (gx, gy) = value_and_grad(first_only, x, y)
     np.testing.assert_allclose(gx, np.exp(x))
     np.testing.assert_array_equal(gy, np.zeros_like(y))
+
+
+# ---------------------------------------------------------------- fast kernels
+#
+# The convolutions run in a batch-last memory layout, in cache-sized blocks, and
+# conv2d_T picks between col2im and a phase (sub-pixel) decomposition; matmul
+# folds and reorders its GEMMs. Each fast path is checked against the plain one.
+
+
+def naive_windows(x, k, stride, padding):
+    """Compute im2col by definition on a zero-padded array: (..., H, W) -> (..., k, k, Ho, Wo)."""
+    pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2
+    xp_ = np.pad(x, pad)
+    Ho = (x.shape[-2] + 2 * padding - k) // stride + 1
+    Wo = (x.shape[-1] + 2 * padding - k) // stride + 1
+    out = np.zeros((*x.shape[:-2], k, k, Ho, Wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            out[..., i, j, :, :] = xp_[
+                ..., i : i + stride * (Ho - 1) + 1 : stride, j : j + stride * (Wo - 1) + 1 : stride
+            ]
+    return out
+
+
+def random_geometry(rng, max_hw=11):
+    """A random (k, stride, padding, H, W) with at least one window."""
+    k, s, p = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    H = int(rng.integers(max(1, k - 2 * p), max_hw + 1))
+    W = int(rng.integers(max(1, k - 2 * p), max_hw + 1))
+    return k, s, p, H, W
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_windows_bands_and_trailing_axes_match_the_definition(dtype, xp, rng):
+    from gls_np.backend import to_host, unwindows, windows
+
+    for _ in range(40):
+        k, s, p, H, W = random_geometry(rng)
+        x = rng.standard_normal((2, 3, H, W)).astype(dtype)
+        ref = naive_windows(x, k, s, p)
+        np.testing.assert_array_equal(to_host(windows(xp.asarray(x), k, k, s, p)), ref)
+        # batch last: (C, H, W, N) -> (C, k, k, Ho, Wo, N), built a band of rows at a time
+        xl = xp.asarray(np.ascontiguousarray(np.moveaxis(x, 0, -1)))
+        Ho = ref.shape[-2]
+        cut = int(rng.integers(0, Ho + 1))
+        cols = rng.standard_normal(ref.shape).astype(dtype)
+        back = xp.zeros((3, H, W, 2), dtype=dtype)
+        for r0, r1 in [(0, cut), (cut, Ho)]:
+            if r1 > r0:
+                band = xp.full((3, k, k, r1 - r0, ref.shape[-1], 2), np.nan, dtype=dtype)
+                windows(xl, k, k, s, p, trailing=1, rows=(r0, r1), out=band)
+                np.testing.assert_array_equal(np.moveaxis(to_host(band), -1, 0), ref[..., r0:r1, :])
+                part = xp.asarray(np.ascontiguousarray(np.moveaxis(cols[..., r0:r1, :], 0, -1)))
+                unwindows(part, H, W, s, p, trailing=1, rows=(r0, r1), out=back)
+        # the adjoint, whole and in bands: <windows(x), cols> = <x, unwindows(cols)>
+        whole = to_host(unwindows(xp.asarray(cols), H, W, s, p))
+        np.testing.assert_allclose(np.moveaxis(to_host(back), -1, 0), whole, rtol=1e-5, atol=1e-5)
+        lhs, rhs = np.sum(ref * cols, dtype=np.float64), np.sum(x * whole, dtype=np.float64)
+        assert np.isclose(lhs, rhs, rtol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def _transposed_inputs(rng, mode, k, s, p, H, W, O=2, C=3, P=3):
+    """(yl, W, reduce) for ops._transposed: no population, per member, shared y, or summed."""
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    if mode == "plain":
+        return rng.standard_normal((O, Ho, Wo, 4)), rng.standard_normal((O, C, k, k)), False
+    Ws = rng.standard_normal((P, O, C, k, k))
+    if mode == "shared":
+        return rng.standard_normal((O, Ho, Wo, 4)), Ws, False
+    return rng.standard_normal((P, O, Ho, Wo, 4)), Ws, mode == "reduce"
+
+
+@pytest.mark.parametrize("mode", ["plain", "member", "shared", "reduce"])
+def test_transposed_conv_phases_equal_col2im(mode, rng):
+    for _ in range(25):
+        k, s, p, H, W = random_geometry(rng)
+        yl, Wt, reduce = _transposed_inputs(rng, mode, k, s, p, H, W)
+        a = ops._transposed(yl, Wt, H, W, s, p, reduce=reduce, method="col2im")
+        b = ops._transposed(yl, Wt, H, W, s, p, reduce=reduce, method="phases")
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_blocks_of_one_row_give_the_same_values_and_gradients(case, rng, monkeypatch):
+    B, C, H, W_, O, k, s, p = case
+    x, W = rng.standard_normal((B, C, H, W_)), rng.standard_normal((O, C, k, k))
+    u = rng.standard_normal(ops.conv2d(x, W, s, p).shape)
+    whole = ops.conv2d(x, W, s, p), ops.conv2d_T(u, W, s, p, in_hw=(H, W_))
+    monkeypatch.setattr(ops, "_BLOCK_BYTES", 1)
+    np.testing.assert_allclose(ops.conv2d(x, W, s, p), whole[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.conv2d_T(u, W, s, p, in_hw=(H, W_)), whole[1], rtol=1e-12)
+    check_vjp(lambda x, W: ops.conv2d(x, W, s, p), [x, W], rng)
+    check_vjp(lambda u, W: ops.conv2d_T(u, W, s, p, in_hw=(H, W_)), [u, W], rng)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_population_conv_in_blocks_of_one_member(shared, rng, monkeypatch):
+    monkeypatch.setattr(ops, "_BLOCK_BYTES", 1)
+    test_population_conv_equals_member_convs(shared, rng)
+
+
+def test_conv_reads_any_memory_layout_and_returns_batch_last(rng):
+    x = rng.standard_normal((4, 2, 7, 7))
+    W = rng.standard_normal((3, 2, 3, 3))
+    ref = naive_conv(x, W, 2, 1)
+    batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
+    strided = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))[..., :7, :7]
+    for inp in (x, batch_last, strided):
+        out = ops.conv2d(inp, W, 2, 1)
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+        assert out.strides[0] == out.itemsize  # the batch is the unit-stride axis
+    # a conv of a conv's output takes its batch-last layout without a copy
+    np.testing.assert_allclose(
+        ops.conv2d(out, rng.standard_normal((2, 3, 2, 2)), 1, 0).shape, (4, 2, 3, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((5, 6, 4), (4, 3)),
+        ((5, 6, 4), (1, 4, 3)),
+        ((2, 5, 6, 4), (2, 1, 4, 3)),
+        ((5, 6, 1), (5, 1, 3)),
+    ],
+)
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_matmul_fast_paths_match_numpy(sa, sb, batch_last, rng):
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    if batch_last:
+        # rows with unit stride, as a Flatten of a convolution's output has them: the
+        # features outermost for a weight b (all rows fold into one GEMM), else per matrix
+        if np.prod(sb[:-2]) == 1:
+            a = np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 0)), 0, -1)
+        else:
+            a = np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
+    out = ops.matmul(a, b)
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    if batch_last and sa[-2] > 1:
+        assert out.strides[-2] == out.itemsize  # the result keeps the rows' order
+    check_vjp(ops.matmul, [a, b], rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_is_where_bit_for_bit(dtype, rng):
+    special = np.array([np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -2.0])
+    a = rng.standard_normal(4099).astype(dtype)
+    a[rng.integers(0, a.size, 1500)] = rng.choice(special.astype(dtype), 1500)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    for view in (a, a[1:], a[::3]):
+        ref = np.where(view > 0, view, 0).astype(dtype)
+        np.testing.assert_array_equal(ops.relu(view).view(bits), ref.view(bits))
+
+
+def test_contiguous_copy_of_a_transposed_array(rng):
+    from gls_np.backend import contiguous, tune_allocator
+
+    a = rng.standard_normal((300, 1000)).astype(np.float32)
+    for view in (a.T, a[:, ::2].T, a):
+        out = contiguous(view)
+        assert out.flags.c_contiguous
+        np.testing.assert_array_equal(out, view)
+    assert isinstance(tune_allocator(), bool)
