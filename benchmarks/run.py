@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -110,8 +109,7 @@ def worker(spec: dict) -> dict:
     from gls_np.losses import cross_entropy
     from gls_np.tensor import value_and_grad
 
-    if os.environ.get("GLS_NP_MALLOC", "tuned") == "tuned":
-        tune_allocator()  # reuse freed memory instead of page-faulting in new memory
+    tune_allocator()  # reuse freed memory instead of page-faulting in new memory
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
     rng = np.random.default_rng(0)
     B = spec["batch"]

@@ -235,6 +235,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line: ``prog: error: message``, exit 2."""
 
     def error(self, message):
+        """Print one line naming the bad argument and exit 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    from .backend import tune_allocator
+
+    tune_allocator()  # reuse freed memory instead of page-faulting in new memory
     try:
         return args.func(args)
     except ValueError as exc:

@@ -126,9 +126,11 @@ def tune_allocator(keep_bytes: int = 1 << 31) -> bool:
     Raising malloc's mmap and trim thresholds to ``keep_bytes`` lets freed blocks
     be reused; the process keeps its peak memory mapped. Call it once at start-up
     from an entry point (the training CLI, the benchmarks): importing gls_np never
-    does. Returns True when applied, False where there is no glibc (it is harmless
-    to skip: only speed changes).
+    does. Env GLS_NP_MALLOC=default leaves the allocator alone. Returns True when
+    applied, False where skipped or there is no glibc (harmless: only speed changes).
     """
+    if os.environ.get("GLS_NP_MALLOC", "tuned") == "default":
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
