@@ -22,6 +22,14 @@ DeepPoly back-substitutes every ReLU input, in order, with the bounds already
 found for the earlier ones, and then the output. CROWN-IBP (Zhang et al. 2020)
 takes every ReLU input's bounds from IBP and back-substitutes only the output.
 
+Structure (docs/relaxations.md, "Back-substitution through convolutions: patches" and
+"Skipping stable neurons"): the rows
+of a conv layer's neurons travel as patches, their receptive-field windows only
+(``patches.py``), while that is smaller than the map they reach; a convolution on
+a small map is crossed by one GEMM with its matrix; and a neuron that one
+back-substitution step already proves stable is not back-substituted further
+(``_one_step``). All three give the same bounds as dense rows.
+
 Memory. A has one row per bounded quantity and one column per neuron of the
 layer it has reached: (*lead, B, S, *layer_shape). Rows (and, when one row of
 the whole batch is too large, samples) are processed in chunks sized to a
@@ -37,9 +45,10 @@ from dataclasses import dataclass
 from .. import ops
 from ..backend import Array, get_xp
 from ..layers import Conv2d, Flatten, Normalize, ReLU
-from ..tensor import data
+from ..tensor import data, needs_grad
 from . import ibp as ibp_domain
-from . import relax
+from . import patches, relax
+from .patches import Patches
 from .spec import (
     Box,
     cat,
@@ -59,6 +68,8 @@ class LinearBounds:
     """A_l h + b_l <= y <= A_u h + b_u for every h in the set of a layer's input.
 
     Shapes: A_l, A_u (*lead, B or 1, S, *layer_shape); b_l, b_u (*lead, B or 1, S).
+    Or, for rows that are the neurons of a conv layer, A_l and A_u are ``Patches``
+    (only each row's window, ``patches.py``) and b_l, b_u (*lead, B or 1, O, Hk, Wk).
     Before the first ReLU is crossed the two sides coincide and share one array.
     A_u = b_u = None carries the lower side only (alpha-CROWN), at half the cost.
     """
@@ -92,18 +103,43 @@ def _dot(A, v, layer_ndim: int):
     return matvec(A2, ops.reshape(v, (*vd.shape[: vd.ndim - layer_ndim], n)))
 
 
-def affine_T(layer, p, in_shape, out_ndim: int, lin: LinearBounds) -> LinearBounds:
+def affine_T(layer, p, in_shape, out_shape, lin: LinearBounds) -> LinearBounds:
     """Back through an affine layer y = W x + b: A <- W^T A, b_A <- b_A + <A, b>.
 
-    Shapes: A (*lead, B, S, *out) -> (*lead, B, S, *in).  Sound because exact.
+    Shapes: A (*lead, B, S, *out) -> (*lead, B, S, *in), or patches on the layer's
+    output map -> patches on its input (``patches.conv_T``). Sound because exact.
     """
-    b = layer.bias(p, lin.A_l)
+    b = layer.bias(p, lin.b_l)
+    if isinstance(lin.A_l, Patches):
 
-    def side(A, bias):
-        if b is not None:
-            bias = ops.add(bias, _bias_dot(A, b, out_ndim))
-        return layer.linear_T(p, A, in_shape), bias
+        def side(P, bias):
+            if isinstance(layer, Conv2d):
+                P_in, shift = patches.conv_T(layer, p, P, out_shape)
+                return P_in, ops.add(bias, shift)
+            # a Normalize: W^T scales each channel, (C, 1, 1) against the patch's (C, p, p)
+            bias = ops.add(bias, patches.bias_dot(P, b, out_shape))
+            return P.with_A(layer.linear_T(p, P.A)), bias
 
+    elif isinstance(layer, Conv2d) and patches.gemm_pays(layer, in_shape[-2:]):
+
+        def side(A, bias):
+            # a small map: W^T and the bias dot as one GEMM with the conv's matrix
+            weight, stride, pad = p["weight"], layer.stride, layer.padding
+            A_in, shift = patches.conv_T_gemm(A, weight, b, stride, pad, in_shape[-2:])
+            return A_in, ops.add(bias, shift)
+
+    else:
+
+        def side(A, bias):
+            if b is not None:
+                bias = ops.add(bias, _bias_dot(A, b, len(out_shape)))
+            return layer.linear_T(p, A, in_shape), bias
+
+    return _each_side(lin, side)
+
+
+def _each_side(lin: LinearBounds, side) -> LinearBounds:
+    """Apply ``side(A, b) -> (A', b')`` to both bounds, once when they share their arrays."""
     A_l, b_l = side(lin.A_l, lin.b_l)
     if lin.A_u is None:
         return LinearBounds(A_l, b_l, None, None)
@@ -118,22 +154,49 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
 
     Shapes: A (*lead, B or 1, S, *shape) -> (*lead, B, S, *shape); the fields of ``rel`` are
     (*lead, B, *shape), shared by the rows, except that the slopes may be (*lead, B, S, *shape),
-    one per row (alpha-CROWN).
+    one per row (alpha-CROWN). Patches take each row's window of the fields.
     Math: A_l <- A_l+ s_l + A_l- s_u; b_l <- b_l + <A_l+, i_l> + <A_l-, i_u>;
     A_u <- A_u+ s_u + A_u- s_l; b_u <- b_u + <A_u+, i_u> + <A_u-, i_l>.
     Sound: a positive coefficient times h is bounded below by its lower
     relaxation and above by its upper one; a negative coefficient the other way.
     """
+    if isinstance(lin.A_l, Patches):
+        P = lin.A_l
+        if data(rel.slope_l).ndim != data(rel.icpt_l).ndim:
+            raise ValueError("per-row slopes (alpha-CROWN) need dense rows, not patches")
 
-    def rows(a):
-        # (*lead, B, *shape) -> (*lead, B, 1, *shape): one value per neuron, shared by the rows
-        ad = data(a)
-        if ad.ndim == data(lin.A_l).ndim:
-            return a
-        k = ad.ndim - layer_ndim
-        return ops.reshape(a, (*ad.shape[:k], 1, *ad.shape[k:]))
+        def view(a):
+            return patches.window(a, P)
 
-    s_l, s_u = rows(rel.slope_l), rows(rel.slope_u)
+        def dot(A, v):
+            return patches.dot(P.with_A(A), v)
+
+        def wrap(A):
+            return P.with_A(A, clean=True)
+
+        A_l, A_u = P.A, None if lin.A_u is None else lin.A_u.A
+    else:
+
+        def view(a):
+            # (*lead, B, *shape) -> (*lead, B, 1, *shape): one value per neuron, shared by the rows
+            ad = data(a)
+            if ad.ndim == data(lin.A_l).ndim:
+                return a
+            k = ad.ndim - layer_ndim
+            return ops.reshape(a, (*ad.shape[:k], 1, *ad.shape[k:]))
+
+        def dot(A, v):
+            return _dot(A, v, layer_ndim)
+
+        def wrap(A):
+            return A
+
+        A_l, A_u = lin.A_l, lin.A_u
+
+    s_l, s_u = view(rel.slope_l), view(rel.slope_u)
+    # DeepPoly's lower intercepts are 0: their dots would add exact zeros
+    i_l = None if _is_zero(rel.icpt_l) else rel.icpt_l
+    i_u = None if _is_zero(rel.icpt_u) else rel.icpt_u
 
     def signs(A):
         A_pos = ops.relu(A)
@@ -141,16 +204,23 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
 
     def side(A_pos, A_neg, bias, s_pos, i_pos, s_neg, i_neg):
         A_new = ops.add(ops.mul(A_pos, s_pos), ops.mul(A_neg, s_neg))
-        shift = ops.add(_dot(A_pos, i_pos, layer_ndim), _dot(A_neg, i_neg, layer_ndim))
-        return A_new, ops.add(bias, shift)
+        for A, i in ((A_pos, i_pos), (A_neg, i_neg)):
+            if i is not None:
+                bias = ops.add(bias, dot(A, i))
+        return wrap(A_new), bias
 
-    pos_neg_l = signs(lin.A_l)
-    A_l, b_l = side(*pos_neg_l, lin.b_l, s_l, rel.icpt_l, s_u, rel.icpt_u)
-    if lin.A_u is None:
-        return LinearBounds(A_l, b_l, None, None)
-    pos_neg_u = pos_neg_l if lin.A_u is lin.A_l else signs(lin.A_u)
-    A_u, b_u = side(*pos_neg_u, lin.b_u, s_u, rel.icpt_u, s_l, rel.icpt_l)
-    return LinearBounds(A_l, b_l, A_u, b_u)
+    pos_neg_l = signs(A_l)
+    new_A_l, b_l = side(*pos_neg_l, lin.b_l, s_l, i_l, s_u, i_u)
+    if A_u is None:
+        return LinearBounds(new_A_l, b_l, None, None)
+    pos_neg_u = pos_neg_l if A_u is A_l else signs(A_u)
+    new_A_u, b_u = side(*pos_neg_u, lin.b_u, s_u, i_u, s_l, i_l)
+    return LinearBounds(new_A_l, b_l, new_A_u, b_u)
+
+
+def _is_zero(a) -> bool:
+    """Tell whether ``a`` is a constant array of zeros (not on the tape): its products vanish."""
+    return not needs_grad(a) and not bool(get_xp(data(a)).any(data(a)))
 
 
 def backsubstitute(
@@ -162,9 +232,13 @@ def backsubstitute(
     per-sample input shape of layer i (``shapes[len(layers)]`` its output).
     ``relaxations[i]``, where given, replaces DeepPoly's relaxation of ReLU i
     (alpha-CROWN's optimised lower slopes); it must be sound on ``pre[i]``.
+    Patches stay patches while a row's window is smaller than the map it lies on
+    (``patches_pay``) and become dense rows (``to_dense``) from the first layer where not.
     """
     for i in reversed(range(len(layers))):
         layer = layers[i]
+        if isinstance(lin.A_l, Patches) and not patches_pay(layer, lin.A_l.size, shapes[i]):
+            lin = to_dense(lin, shapes[i + 1])
         if isinstance(layer, ReLU):
             if relaxations is not None and i in relaxations:
                 rel = relaxations[i]
@@ -172,52 +246,139 @@ def backsubstitute(
                 rel = relax.deeppoly(pre[i].lb, pre[i].ub)
             lin = relu_T(rel, len(shapes[i]), lin)
         else:
-            lin = affine_T(layer, params[i], shapes[i], len(shapes[i + 1]), lin)
+            lin = affine_T(layer, params[i], shapes[i], shapes[i + 1], lin)
     return lin
+
+
+def patches_pay(layer, size: int, in_shape) -> bool:
+    """Tell whether patches of side ``size`` should cross ``layer`` as patches.
+
+    Patches cross convolutions, Normalize and ReLUs; they pay while the window on the
+    layer's input, p' x p' (p' = (p - 1) s + k after a convolution), has fewer entries
+    than the map H x W there: then each row costs C p'^2 numbers instead of C H W.
+    """
+    if isinstance(layer, (ReLU, Normalize)):
+        return True
+    if not isinstance(layer, Conv2d):
+        return False
+    side = patches.grown(layer, size)
+    return side * side < in_shape[-2] * in_shape[-1]
+
+
+def to_dense(lin: LinearBounds, map_shape) -> LinearBounds:
+    """Patches on a map (C, H, W) -> the same rows as dense coefficients (exact)."""
+    rows_hw = lin.A_l.rows_hw
+
+    def side(P, bias):
+        return patches.to_dense(P, map_shape), patches.dense_bias(bias, rows_hw)
+
+    return _each_side(lin, side)
 
 
 def concretize(lin: LinearBounds, box: Box) -> Box:
     """Bound ``lin`` over the input ``box``: A_l c - |A_l| r + b_l, A_u c + |A_u| r + b_u.
 
     Shapes: A (*lead, B or 1, S, *in), box (*lead, B, *in) -> Box (*lead, B, S); its ub is
-    None for a lower-only ``lin``.
+    None for a lower-only ``lin``. Patches (rows (O, Hk, Wk)) give S = O Hk Wk.
     Sound: max over |x - c| <= r of A x is A c + |A| r (each coordinate at its best end).
     """
-    nd = len(input_shape(box))
     c, r = box.center, box.radius
-    lb = ops.add(ops.sub(_dot(lin.A_l, c, nd), _dot(ops.abs(lin.A_l), r, nd)), lin.b_l)
+    if isinstance(lin.A_l, Patches):
+        rows_hw = lin.A_l.rows_hw
+        windows = {}
+
+        def dot(P, v):
+            # both sides read the same windows of c and r
+            if not patches.shared(P, data(P.A).ndim - 7) and id(v) not in windows:
+                windows[id(v)] = patches.window(v, P)
+            return patches.dot(P, v, windows.get(id(v)))
+
+        def magnitude(P):
+            return P.with_A(ops.abs(P.A))
+
+        def flat(a):
+            return patches.dense_bias(a, rows_hw)
+
+    else:
+        nd = len(input_shape(box))
+
+        def dot(A, v):
+            return _dot(A, v, nd)
+
+        def magnitude(A):
+            return ops.abs(A)
+
+        def flat(a):
+            return a
+
+    lb = ops.add(ops.sub(dot(lin.A_l, c), dot(magnitude(lin.A_l), r)), lin.b_l)
     if lin.A_u is None:
-        return Box(lb, None)
-    ub = ops.add(ops.add(_dot(lin.A_u, c, nd), _dot(ops.abs(lin.A_u), r, nd)), lin.b_u)
-    return Box(lb, ub)
+        return Box(flat(lb), None)
+    ub = ops.add(ops.add(dot(lin.A_u, c), dot(magnitude(lin.A_u), r)), lin.b_u)
+    return Box(flat(lb), flat(ub))
 
 
 # ---------------------------------------------------------------- the two methods
 
 
-def deeppoly(net, theta, box: Box, C=None, budget_bytes: float = 4e9):
+def deeppoly(
+    net,
+    theta,
+    box: Box,
+    C=None,
+    budget_bytes: float = 4e9,
+    *,
+    use_patches: bool = True,
+    skip_stable: bool = True,
+    upper: bool = True,
+):
     """DeepPoly (= CROWN) bounds on the output of ``net`` (or on C @ output) over ``box``.
 
     Every ReLU input is bounded by back-substitution to the input, using the
     bounds of the ReLUs before it; then the output is. A ReLU input with no ReLU
     and at most one weighted layer before it takes IBP's bounds, which equal
     back-substitution's there (``_ibp_is_exact``).
+    ``use_patches``: the neurons of a conv layer are back-substituted as patches
+    (``patches.py``) where that is cheaper; the same bounds as dense rows.
+    ``skip_stable``: a neuron that one back-substitution step already proves stable
+    (``_one_step``) is not back-substituted further: the same output bounds (full
+    back-substitution would prove it stable too, so its relaxation is the same exact
+    line), but ``pre`` holds the one-step bounds for those neurons.
+    ``upper=False`` back-substitutes only the lower side of the output (a loss needs no
+    more), at about half the cost of that last step; ``out.ub`` is then None.
     Returns ``(out, pre)`` like ``ibp.ibp``.
     """
     relus = [k for k, layer in enumerate(net.layers) if isinstance(layer, ReLU)]
     targets = [k for k in relus if not _ibp_is_exact(net, k)] + [len(net.layers) - 1]
-    recompute = _footprint(net, theta, box, C, targets) > budget_bytes
+    recompute = _footprint(net, theta, box, C, targets, use_patches) > budget_bytes
     params = net.unravel(theta)
     shapes = net.shapes(input_shape(box))
     pre = {}
     for k in relus:
-        if k in targets:
-            pre[k] = _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute)
-        else:
+        if k not in targets:
             pre[k] = box
             for i in range(k):
                 pre[k] = ibp_domain.affine(net.layers[i], params[i], pre[k], shapes[i + 1])
-    out = _backsubstituted(net, theta, box, C, pre, targets[-1], budget_bytes, recompute)
+            continue
+        if not skip_stable or not any(i < k for i in pre):
+            pre[k] = _backsubstituted(
+                net, theta, box, C, pre, k, budget_bytes, recompute, use_patches
+            )
+            continue
+        one_step = _one_step(net, params, shapes, pre, k)
+        unit = numel(shapes[k][1:]) if use_patches and _patched(net, k) else 1
+        units = _unstable_units(one_step, numel(shapes[k]), unit)
+        if units is not None and not len(units):
+            pre[k] = one_step
+            continue
+        pre[k] = _backsubstituted(
+            net, theta, box, C, pre, k, budget_bytes, recompute, use_patches, units
+        )
+        if units is not None:
+            pre[k] = _merged(pre[k], one_step, units, unit)
+    out = _backsubstituted(
+        net, theta, box, C, pre, targets[-1], budget_bytes, recompute, use_patches, upper=upper
+    )
     return out, pre
 
 
@@ -228,8 +389,8 @@ def crown_ibp(net, theta, box: Box, C=None, budget_bytes: float = 4e9):
     """
     _, pre = ibp_domain.ibp(net, theta, box, C)
     k = len(net.layers) - 1
-    recompute = _footprint(net, theta, box, C, [k]) > budget_bytes
-    return _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute), pre
+    recompute = _footprint(net, theta, box, C, [k], False) > budget_bytes
+    return _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute, False), pre
 
 
 def _ibp_is_exact(net, k: int) -> bool:
@@ -261,44 +422,69 @@ def _sizes(net, theta, box: Box):
     return shapes, nlead, data(box.lb).shape[nlead], P
 
 
-def _footprint(net, theta, box: Box, C, targets) -> float:
+def _footprint(net, theta, box: Box, C, targets, use_patches: bool) -> float:
     """Estimated bytes of back-substituting all ``targets`` for the whole batch on one tape."""
     shapes, _, B, P = _sizes(net, theta, box)
     itemsize = data(box.lb).dtype.itemsize
     return sum(
-        numel(_target_shape(net, shapes, C, k)) * B * P * _bytes_per_row(net, shapes, k, itemsize)
+        numel(_target_shape(net, shapes, C, k))
+        * B
+        * P
+        * _bytes_per_row(net, shapes, k, itemsize, use_patches and _patched(net, k))
         for k in targets
     )
 
 
 def _backsubstituted(
-    net, theta, box: Box, C, pre: dict, k: int, budget_bytes: float, recompute: bool
+    net,
+    theta,
+    box: Box,
+    C,
+    pre: dict,
+    k: int,
+    budget_bytes: float,
+    recompute: bool,
+    use_patches: bool,
+    units=None,
+    upper: bool = True,
 ) -> Box:
     """Bounds on the input of layer k (a ReLU) or, for the last layer, on its spec-folded output.
 
-    Chunked over rows (neurons or spec rows) and samples to fit ``budget_bytes``.
-    With ``recompute`` each chunk is one ``ops.recompute`` node (its tape is rebuilt
-    during backward); otherwise the chunks are taped as they run.
+    Chunked over rows (neurons or spec rows; whole channels for patches) and samples to
+    fit ``budget_bytes``. With ``recompute`` each chunk is one ``ops.recompute`` node (its
+    tape is rebuilt during backward); otherwise the chunks are taped as they run.
+    ``units`` (an index array of neurons, or of channels for patches) bounds only those;
+    the result then holds them in that order, (*lead, B, len(units) * unit).
+    ``upper=False`` carries only the lower side (its ub is None).
     """
     head = k == len(net.layers) - 1
     shapes, nlead, B, P = _sizes(net, theta, box)
     shape = _target_shape(net, shapes, C, k)
-    item = _bytes_per_row(net, shapes, k, data(box.lb).dtype.itemsize) * P
-    row_chunk, batch_chunk = plan_chunks(numel(shape), B, item, budget_bytes)
+    patched = use_patches and _patched(net, k)
+    # patches start a whole channel of a conv map at a time (rows (O, Hk, Wk))
+    unit = numel(shape[1:]) if patched else 1
+    item = _bytes_per_row(net, shapes, k, data(box.lb).dtype.itemsize, patched) * P * unit
+    n_units = numel(shape) // unit if units is None else len(units)
+    unit_chunk, batch_chunk = plan_chunks(n_units, B, item, budget_bytes)
     order = sorted(pre)
 
-    def rows_of(rows):
+    def rows_of(units):
         def fn(theta, lo, up, C, *pre_flat):
             params = net.unravel(theta)
             bounds = {i: Box(pre_flat[2 * j], pre_flat[2 * j + 1]) for j, i in enumerate(order)}
             if head:
                 hd = fold_spec(net.layers[-1], params[-1], C)
-                A = ops.getitem(hd.W, (Ellipsis, rows, slice(None)))
-                b = ops.getitem(hd.b, (Ellipsis, rows))
+                A = ops.getitem(hd.W, (Ellipsis, units, slice(None)))
+                b = ops.getitem(hd.b, (Ellipsis, units))
+            elif patched:
+                A, b = patches.eye(lo, nlead, shape, units)
             else:
-                A, b = _identity_rows(lo, nlead, shape, rows)
-            lin = backsubstitute(net.layers[:k], params, shapes, bounds, LinearBounds(A, b, A, b))
-            return stack(concretize(lin, Box(lo, up)))
+                A, b = _identity_rows(lo, nlead, shape, units)
+            start = LinearBounds(A, b, A, b) if upper else LinearBounds(A, b, None, None)
+            out = concretize(
+                backsubstitute(net.layers[:k], params, shapes, bounds, start), Box(lo, up)
+            )
+            return stack(out) if upper else ops.reshape(out.lb, (1, *data(out.lb).shape))
 
         return fn
 
@@ -310,13 +496,86 @@ def _backsubstituted(
             axis = data(pre[i].lb).ndim - len(shapes[i]) - 1
             args += [_take(pre[i].lb, axis, bs, B), _take(pre[i].ub, axis, bs, B)]
         rows = []
-        for rs in slices(numel(shape), row_chunk):
+        for us in slices(n_units, unit_chunk):
+            us = us if units is None else units[us]
             rows.append(
-                ops.recompute(rows_of(rs), theta, *args) if recompute else rows_of(rs)(theta, *args)
+                ops.recompute(rows_of(us), theta, *args) if recompute else rows_of(us)(theta, *args)
             )
         parts.append(cat(rows, axis=-1))
     both = cat(parts, axis=-2)
-    return unstack(ops.reshape(both, (*data(both).shape[:-1], *shape)))
+    if units is None:
+        both = ops.reshape(both, (*data(both).shape[:-1], *shape))
+    return unstack(both) if upper else Box(ops.getitem(both, 0), None)
+
+
+def _one_step(net, params, shapes, pre: dict, k: int) -> Box:
+    """Bounds on the input of ReLU k from one back-substitution step, to find stable neurons.
+
+    With j the last ReLU before k: back through the affine layers j+1..k-1 and ReLU j
+    (DeepPoly's relaxation on pre[j]), then concretised over pre[j] itself. A row
+    shared by all samples concretises to the affine layers' image of the box
+    [s_l l + i_l, s_u u + i_u] (each line at its worst end of [l, u]), computed here by
+    IBP (exact for one weighted layer, looser for several).
+    Sound, and never tighter than full back-substitution: concretising the rows of
+    ReLU j's input over their own DeepPoly bounds can only lose (docs/relaxations.md,
+    "Skipping stable neurons"), so a neuron stable here is stable for DeepPoly too.
+    """
+    j = max(i for i in pre if i < k)
+    rel = relax.deeppoly(pre[j].lb, pre[j].ub)
+    lo = ops.add(ops.mul(rel.slope_l, pre[j].lb), rel.icpt_l)
+    up = ops.add(ops.mul(rel.slope_u, pre[j].ub), rel.icpt_u)
+    out = Box(lo, up)
+    for i in range(j + 1, k):
+        out = ibp_domain.affine(net.layers[i], params[i], out, shapes[i + 1])
+    return out
+
+
+def _unstable_units(one_step: Box, N: int, unit: int):
+    """Return the units (neurons, or channels of ``unit`` neurons) unstable somewhere.
+
+    A unit counts when any of its neurons is unstable for any sample or member.
+    Shapes: one_step (*lead, B, *shape) with N neurons per sample -> index array (n,) into
+    the N / unit units, or None when every unit is.
+    """
+    lb, ub = data(one_step.lb), data(one_step.ub)
+    xp = get_xp(lb)
+    unstable = (lb < 0) & (ub > 0)
+    per_unit = unstable.reshape(-1, N // unit, unit).any(axis=(0, 2))
+    if bool(per_unit.all()):
+        return None
+    return xp.flatnonzero(per_unit)
+
+
+def _merged(computed: Box, one_step: Box, units, unit: int) -> Box:
+    """Back-substituted bounds on the neurons of ``units``, the one-step bounds elsewhere.
+
+    Shapes: computed (*lead, B, n unit), one_step (*lead, B, *shape) -> (*lead, B, *shape).
+    The computed columns are scattered by a 0/1 matrix (exact: x * 1 plus zeros).
+    """
+    lb = data(one_step.lb)
+    xp = get_xp(lb)
+    shape = lb.shape[-(lb.ndim - data(computed.lb).ndim + 1) :]
+    N = numel(shape)
+    neurons = (units[:, None] * unit + xp.arange(unit)).ravel()
+    scatter = xp.zeros((len(neurons), N), dtype=lb.dtype)
+    scatter[xp.arange(len(neurons)), neurons] = 1
+    chosen = xp.zeros(N, dtype=bool)
+    chosen[neurons] = True
+    chosen = chosen.reshape(shape)
+
+    def side(c, o):
+        full = ops.reshape(ops.matmul(c, scatter), data(o).shape)
+        return ops.where(chosen, full, o)
+
+    return Box(side(computed.lb, one_step.lb), side(computed.ub, one_step.ub))
+
+
+def _patched(net, k: int) -> bool:
+    """Tell whether the neurons of the input of layer k start back-substitution as patches.
+
+    They do when they are a convolution's outputs (each depends on a window only).
+    """
+    return k < len(net.layers) - 1 and isinstance(net.layers[k - 1], Conv2d)
 
 
 def _take(a, axis: int, bs: slice, B: int):
@@ -326,33 +585,50 @@ def _take(a, axis: int, bs: slice, B: int):
     return ops.getitem(a, (slice(None),) * axis + (bs,))
 
 
-def _identity_rows(like, nlead: int, shape, rows: slice):
+def _identity_rows(like, nlead: int, shape, rows):
     """Rows ``rows`` of the identity on a layer: the start of back-substitution for its neurons.
 
+    ``rows`` is a slice or an index array of neurons.
     Shapes: -> A (*lead, 1, n, *shape), b (*lead, 1, n) with lead = (1,) in a population.
     """
     xp = get_xp(data(like))
     N = numel(shape)
-    n = len(range(N)[rows])
+    picked = xp.arange(N)[rows]
     lead = (1,) * nlead
-    eye = xp.eye(n, N, k=rows.start, dtype=data(like).dtype)
-    return eye.reshape(*lead, 1, n, *shape), xp.zeros((*lead, 1, n), dtype=data(like).dtype)
+    eye = xp.zeros((len(picked), N), dtype=data(like).dtype)
+    eye[xp.arange(len(picked)), picked] = 1
+    return eye.reshape(*lead, 1, len(picked), *shape), xp.zeros(
+        (*lead, 1, len(picked)), dtype=data(like).dtype
+    )
 
 
-def _bytes_per_row(net, shapes, k: int, itemsize: int) -> float:
+def _bytes_per_row(net, shapes, k: int, itemsize: int, patched: bool = False) -> float:
     """Estimated memory of back-substituting one row of one sample from layer k to the input.
 
     Counts, per layer crossed, the coefficient arrays on both sides of the layer
     and a convolution's im2col columns, for both bounds, and keeps them all:
-    the tape of a recomputed chunk holds every layer's arrays at once.
+    the tape of a recomputed chunk holds every layer's arrays at once. A row that
+    is a patch counts its window C p^2 instead of the map C H W while it stays one.
     """
     total = 0
-    for i in range(k):
+    size = 1 if patched else None
+    for i in reversed(range(k)):
         layer = net.layers[i]
-        n_in, n_out = numel(shapes[i]), numel(shapes[i + 1])
-        cols = 0
-        if isinstance(layer, Conv2d):
-            cols = layer.in_channels * layer.kernel_size**2 * numel(shapes[i + 1][1:])
-        per_side = 6 * n_in if isinstance(layer, ReLU) else n_in + n_out + cols
+        if size is not None and not patches_pay(layer, size, shapes[i]):
+            size = None
+        if size is not None:
+            C_out = shapes[i + 1][0]
+            n_out = C_out * size * size
+            if isinstance(layer, Conv2d):
+                size = patches.grown(layer, size)
+            n_in = shapes[i][0] * size * size
+            # a patch's transposed convolution holds its input and output (and as much again)
+            per_side = 6 * n_in if isinstance(layer, ReLU) else n_out + 2 * n_in
+        else:
+            n_in, n_out = numel(shapes[i]), numel(shapes[i + 1])
+            cols = 0
+            if isinstance(layer, Conv2d):
+                cols = layer.in_channels * layer.kernel_size**2 * numel(shapes[i + 1][1:])
+            per_side = 6 * n_in if isinstance(layer, ReLU) else n_in + n_out + cols
         total += 2 * per_side
     return float(total * itemsize)
