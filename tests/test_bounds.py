@@ -323,18 +323,32 @@ def away_from_switches(net, lo, up, margin=1e-4):
     return True
 
 
-@pytest.fixture
-def tiny(rng):
+TINY_NETS = {
+    # one conv: its ReLU input is exact by IBP, the hidden Linear's is back-substituted
+    "one-conv": (
+        lambda: [Conv2d(1, 3, 3, stride=1, padding=1), ReLU(), Flatten(), Linear(48, 5)],
+        (1, 4, 4),
+    ),
+    # two convs: the second conv's neurons are back-substituted as patches
+    "two-convs": (
+        lambda: [
+            Conv2d(1, 2, 3, stride=1, padding=1),
+            ReLU(),
+            Conv2d(2, 2, 3, stride=2, padding=1),
+            ReLU(),
+            Flatten(),
+            Linear(8, 5),
+        ],
+        (1, 4, 4),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(TINY_NETS))
+def tiny(request, rng):
     """A tiny conv net (< 300 parameters) with a box away from relaxation switches."""
-    layers = [
-        Conv2d(1, 3, 3, stride=1, padding=1),
-        ReLU(),
-        Flatten(),
-        Linear(48, 5),
-        ReLU(),
-        Linear(5, 3),
-    ]
-    net = Sequential(layers, dtype="float64", input_shape=(1, 4, 4))
+    body, in_shape = TINY_NETS[request.param]
+    net = Sequential([*body(), ReLU(), Linear(5, 3)], dtype="float64", input_shape=in_shape)
     for _ in range(20):
         nets.initialize(net, rng)
         _, lo, up = input_box(rng, net, 2, 0.15)

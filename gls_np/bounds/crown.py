@@ -120,7 +120,7 @@ def affine_T(layer, p, in_shape, out_shape, lin: LinearBounds) -> LinearBounds:
             bias = ops.add(bias, patches.bias_dot(P, b, out_shape))
             return P.with_A(layer.linear_T(p, P.A)), bias
 
-    elif isinstance(layer, Conv2d) and patches.gemm_pays(layer, in_shape[-2:]):
+    elif isinstance(layer, Conv2d) and patches.gemm_pays(layer, out_shape[-2:], in_shape[-2:]):
 
         def side(A, bias):
             # a small map: W^T and the bias dot as one GEMM with the conv's matrix
@@ -165,11 +165,17 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
         if data(rel.slope_l).ndim != data(rel.icpt_l).ndim:
             raise ValueError("per-row slopes (alpha-CROWN) need dense rows, not patches")
 
+        windows = {}
+
         def view(a):
-            return patches.window(a, P)
+            if id(a) not in windows:
+                windows[id(a)] = patches.window(a, P)
+            return windows[id(a)]
 
         def dot(A, v):
-            return patches.dot(P.with_A(A), v)
+            Q = P.with_A(A)
+            # a shared patch dots by a convolution; otherwise both sides share the window
+            return patches.dot(Q, v, None if patches.shared(Q, data(A).ndim - 7) else view(v))
 
         def wrap(A):
             return P.with_A(A, clean=True)

@@ -44,6 +44,8 @@ from ..tensor import data
 # times the direct transposed convolution's FLOPs (C_out h w C_in k^2): measured on CNN3's
 # patches (H W / k^2 = 4.8) the GEMM ran 2.2x faster than conv2d_T (``gemm_pays``).
 TOEPLITZ_FLOP_RATIO = 8.0
+# ... and when the matrix has at most this many entries (64 MiB in float32).
+MAX_MATRIX = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,18 @@ def grown(layer, size: int) -> int:
     return (size - 1) * layer.stride + layer.kernel_size
 
 
-def gemm_pays(layer: Conv2d, in_hw) -> bool:
+def gemm_pays(layer: Conv2d, out_hw, in_hw) -> bool:
     """Tell whether W^T of rows on a conv's output is cheaper as one GEMM with its matrix.
 
-    Rows reaching an (H, W) map (a patch's window p' x p', or the whole input map): the GEMM
-    costs C_out h w C_in H W per row, the transposed convolution C_out h w C_in k^2, but a GEMM
-    of this size runs several times faster per FLOP than conv2d_T on tiny images.
+    Rows of shape (C_out, h, w) that reach an (H, W) map (a patch's window p' x p', or the
+    whole input map): the GEMM costs C_out h w C_in H W per row, the transposed convolution
+    C_out h w C_in k^2, but a GEMM of this size runs several times faster per FLOP than
+    conv2d_T on tiny images. The matrix itself must stay small (MAX_MATRIX entries).
     """
-    return in_hw[0] * in_hw[1] <= TOEPLITZ_FLOP_RATIO * layer.kernel_size**2
+    K = layer.out_channels * out_hw[0] * out_hw[1]
+    M = layer.in_channels * in_hw[0] * in_hw[1]
+    cheap = in_hw[0] * in_hw[1] <= TOEPLITZ_FLOP_RATIO * layer.kernel_size**2
+    return cheap and K * M <= MAX_MATRIX
 
 
 def conv_T(layer: Conv2d, p, P: Patches, out_shape: tuple):
@@ -115,7 +121,7 @@ def conv_T(layer: Conv2d, p, P: Patches, out_shape: tuple):
         P = P.with_A(ops.mul(P.A, inside(P, out_shape[-2:])), clean=True)
     W, b = p["weight"], layer.bias(p)
     size2 = grown(layer, P.size)
-    if gemm_pays(layer, (size2, size2)):
+    if gemm_pays(layer, (P.size, P.size), (size2, size2)):
         A, shift = conv_T_gemm(P.A, W, b, layer.stride, 0, (size2, size2))
     else:
         shift = bias_dot(P, b, out_shape)
