@@ -38,7 +38,14 @@ def margin_lower_bounds(net, theta, lower, upper, y, method, max_memory_gb=4.0):
     single = data(theta).ndim == 1
     params = ops.reshape(theta, (1, data(theta).shape[0])) if single else theta
     lb, _ = bounds.compute(
-        net, lower, upper, method, C=C, params=params, max_memory_gb=max_memory_gb
+        net,
+        lower,
+        upper,
+        method,
+        C=C,
+        params=params,
+        max_memory_gb=max_memory_gb,
+        lower_only=True,
     )
     return ops.getitem(lb, 0) if single else lb
 

@@ -532,3 +532,24 @@ def test_deeppoly_gradient_on_cnn5_stays_within_the_memory_budget():
     peak_gb = int(out.stdout.split()[-1]) / 1e9
     # the interpreter, numpy and the network take ~0.05 GB before any bound is computed
     assert peak_gb < budget_gb + 0.15, peak_gb
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet"])
+@pytest.mark.parametrize("method", METHODS)
+def test_lower_only_gives_the_same_lower_bounds_and_gradient(name, method, rng):
+    net = {"mlp": mlp, "convnet": convnet}[name](rng)
+    _, lo, up = input_box(rng, net, 3, 0.05)
+    C = random_spec(rng, net, 3)
+    P = net.theta[None] + 0.01 * rng.standard_normal((2, net.n_params))
+    both, _ = bounds.compute(net, lo, up, method, C, params=P)
+    lb, ub = bounds.compute(net, lo, up, method, C, params=P, lower_only=True)
+    assert ub is None
+    np.testing.assert_allclose(lb, both, rtol=1e-12, atol=1e-12)
+
+    def loss(theta, lower_only):
+        out, _ = bounds.compute(net, lo, up, method, C, params=theta, lower_only=lower_only)
+        return ops.sum(out)
+
+    _, (g_both,) = value_and_grad(lambda t: loss(t, False), P)
+    _, (g_lower,) = value_and_grad(lambda t: loss(t, True), P)
+    np.testing.assert_allclose(g_lower, g_both, rtol=1e-10, atol=1e-12)

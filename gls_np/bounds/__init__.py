@@ -26,7 +26,17 @@ METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 ALIASES = {"crown": "deeppoly"}
 
 
-def compute(net, lower, upper, method: str, C=None, params=None, *, max_memory_gb: float = 4.0):
+def compute(
+    net,
+    lower,
+    upper,
+    method: str,
+    C=None,
+    params=None,
+    *,
+    max_memory_gb: float = 4.0,
+    lower_only: bool = False,
+):
     """Sound bounds on the logits (or on C @ logits) of ``net`` over the box [lower, upper].
 
     Parameters
@@ -45,6 +55,9 @@ def compute(net, lower, upper, method: str, C=None, params=None, *, max_memory_g
         Budget for one chunk of HBox / back-substitution work (neurons and
         samples are chunked to fit). When a taped computation would not fit on
         one tape, chunks are recomputed during backward (``ops.recompute``).
+    lower_only : bool
+        Return ``(lb, None)``: CROWN-IBP and DeepPoly then back-substitute only the
+        lower side of the output (what a robust loss needs), about half the work.
 
     Returns
     -------
@@ -61,10 +74,10 @@ def compute(net, lower, upper, method: str, C=None, params=None, *, max_memory_g
     elif method == "hbox":
         out = hbox.hbox_bounds(net, theta, box, C, budget)
     elif method == "crown-ibp":
-        out, _ = crown.crown_ibp(net, theta, box, C, budget)
+        out, _ = crown.crown_ibp(net, theta, box, C, budget, upper=not lower_only)
     else:
-        out, _ = crown.deeppoly(net, theta, box, C, budget)
-    return out.lb, out.ub
+        out, _ = crown.deeppoly(net, theta, box, C, budget, upper=not lower_only)
+    return out.lb, None if lower_only else out.ub
 
 
 def intermediate_bounds(net, lower, upper, method: str, params=None, *, max_memory_gb: float = 4.0):

@@ -388,15 +388,17 @@ def deeppoly(
     return out, pre
 
 
-def crown_ibp(net, theta, box: Box, C=None, budget_bytes: float = 4e9):
+def crown_ibp(net, theta, box: Box, C=None, budget_bytes: float = 4e9, upper: bool = True):
     """CROWN-IBP bounds: IBP for every ReLU input, back-substitution for the output.
 
-    Returns ``(out, pre)`` like ``ibp.ibp``.
+    Returns ``(out, pre)`` like ``ibp.ibp``; ``upper=False`` back-substitutes only the
+    lower side of the output (``out.ub`` is None).
     """
     _, pre = ibp_domain.ibp(net, theta, box, C)
     k = len(net.layers) - 1
     recompute = _footprint(net, theta, box, C, [k], False) > budget_bytes
-    return _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute, False), pre
+    out = _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute, False, upper=upper)
+    return out, pre
 
 
 def _ibp_is_exact(net, k: int) -> bool:
