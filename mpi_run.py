@@ -274,14 +274,14 @@ def main(argv=None) -> int:
     ``python -m gls_np`` instead, with the same per-rank BLAS threads.
     """
     threads = limit_blas_threads()
-    from gls_np.backend import tune_allocator
-
-    tune_allocator()  # reuse freed memory instead of page-faulting in new memory
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in TOOLS:
         from gls_np.__main__ import main as tools
 
-        return tools(argv)
+        return tools(argv)  # it tunes the allocator itself
+    from gls_np.backend import tune_allocator
+
+    tune_allocator()  # reuse freed memory instead of page-faulting in new memory
     rank = launch_rank()
     parser = build_parser()
     given = {k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()}

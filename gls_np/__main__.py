@@ -69,6 +69,8 @@ def _out_dir(args: argparse.Namespace):
 
 
 def _certify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from . import distributed
     from .backend import np
     from .certify import cascade, report
@@ -109,13 +111,9 @@ def _certify(args: argparse.Namespace) -> int:
         dataset=dataset,
         split=args.split,
         start=start,
-        eps=eps,
         dtype=args.dtype,
-        timeout=args.timeout,
         ranks=comm.size,
-        pgd_steps=args.pgd_steps,
-        pgd_restarts=args.pgd_restarts,
-        alpha_steps=args.alpha_steps,
+        **asdict(opts),
     )
     csv_path, json_path = (out / f"certify-eps{eps:g}.{ext}" for ext in ("csv", "json"))
     report.write_csv(csv_path, records)

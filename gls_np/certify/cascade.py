@@ -44,6 +44,7 @@ from ..backend import get_xp, make_rng, np, to_device, to_host
 from ..bounds import crown, hbox, ibp
 from ..bounds.alpha_crown import alpha_crown
 from ..bounds.spec import Box, linf_box, margin_spec
+from ..losses import logit_margins
 from . import milp
 
 STEPS = ("natural", "pgd", "ibp", "crown-ibp", "deeppoly", "alpha-crown", "milp")
@@ -66,6 +67,7 @@ class Options:
     max_memory_gb: budget of one chunk of back-substitution.
     seed: the attack's random starts come from ``make_rng((seed, index of the batch's first
     sample))``: the same batches give the same results, however they are spread over ranks.
+    run_steps: the steps to try (a subset of ``STEPS``; natural always runs).
     """
 
     eps: float
@@ -76,7 +78,7 @@ class Options:
     timeout: float = 60.0
     max_memory_gb: float = 4.0
     seed: int = 0
-    steps: tuple = field(default=STEPS)
+    run_steps: tuple = field(default=STEPS)
 
     def __post_init__(self):
         checks = [
@@ -95,12 +97,7 @@ class Options:
 
 def min_margin(logits, y):
     """Smallest margin f_y - f_j over j != y.  Shapes: logits (B, K), y (B,) -> (B,) host."""
-    logits = to_host(logits).astype(np.float64)
-    y = to_host(y)
-    rows = np.arange(len(y))
-    others = logits.copy()
-    others[rows, y] = -np.inf
-    return logits[rows, y] - others.max(axis=1)
+    return to_host(logit_margins(logits, y)).astype(np.float64).min(axis=1)
 
 
 def relaxation_margins(net, lower, upper, y, method: str, max_memory_gb: float = 4.0):
@@ -229,7 +226,7 @@ def certify_batch(net, x, y, index, opts: Options, on_sample=None):
     sel = np.flatnonzero(correct)
     sel_d = get_xp(x).asarray(sel)
     rng = make_rng((opts.seed, int(index[0]) if B else 0))
-    if "pgd" in opts.steps:
+    if "pgd" in opts.run_steps:
         t = time.perf_counter()
         attacked, margins = attack(
             net, x[sel_d], y[sel_d], opts.eps, opts.pgd_steps, opts.pgd_restarts, rng
@@ -244,7 +241,7 @@ def certify_batch(net, x, y, index, opts: Options, on_sample=None):
     box = linf_box(x[sel_d], opts.eps)
     pre = None
     for name in ("ibp", "crown-ibp", "deeppoly"):
-        if name not in opts.steps:
+        if name not in opts.run_steps:
             continue
         t = time.perf_counter()
         lb, pre_name = relaxation_margins(net, box.lb, box.ub, y[sel_d], name, opts.max_memory_gb)
@@ -257,7 +254,7 @@ def certify_batch(net, x, y, index, opts: Options, on_sample=None):
     # everything DeepPoly left open that no attack refuted, decided or not, so that the
     # report's alpha-CROWN-alone accuracy is exact (it certifies all DeepPoly does)
     rest = sel[~(lbs["deeppoly"][sel] > 0) & ~pgd_hit[sel]]
-    if "alpha-crown" in opts.steps and opts.alpha_steps > 0 and len(rest):
+    if "alpha-crown" in opts.run_steps and opts.alpha_steps > 0 and len(rest):
         t = time.perf_counter()
         pos = get_xp(x).asarray(np.searchsorted(sel, rest))
         sub = {k: Box(v.lb[pos], v.ub[pos]) for k, v in pre.items()} if pre else None
@@ -276,7 +273,7 @@ def certify_batch(net, x, y, index, opts: Options, on_sample=None):
         _prove("alpha-crown", rest, lb, best, lbs, pgd_hit)
         decide(_proven(best), "alpha-crown", "certified")
 
-    if "milp" in opts.steps and opts.timeout > 0:
+    if "milp" in opts.run_steps and opts.timeout > 0:
         for i in np.flatnonzero(open_):
             pos = int(np.searchsorted(sel, i))
             result = milp.verify(
