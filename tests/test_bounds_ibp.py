@@ -45,3 +45,25 @@ def test_increasing_layers_map_the_bounds_themselves(layer, shape, rng):
     out = ibp.affine(layer, {}, box, layer.out_shape(shape))
     np.testing.assert_array_equal(out.lb, layer.forward({}, box.lb))
     np.testing.assert_array_equal(out.ub, layer.forward({}, box.ub))
+
+
+@pytest.mark.parametrize("case", ["margin", "repeats", "all-distinct", "collision"])
+def test_distinct_rows_matches_numpy_unique(case, rng, monkeypatch):
+    if case == "margin":
+        M = bounds.margin_spec(rng.integers(0, 10, 300), 10).reshape(-1, 10)
+    elif case == "repeats":
+        M = rng.integers(-2, 3, (200, 4)).astype(np.float64)
+    else:
+        M = rng.standard_normal((50, 6))
+    if case == "collision":
+        # a projection that sends every row to one key: the exact check must catch it
+        class Flat:
+            def random(self, n):
+                return np.zeros(n)
+
+        monkeypatch.setattr(ibp.np.random, "default_rng", lambda seed: Flat())
+    rows, inv = ibp.distinct_rows(M)
+    ref_rows = np.unique(M, axis=0)
+    np.testing.assert_array_equal(rows[inv], M)
+    assert len(rows) == len(ref_rows)
+    assert len(np.unique(rows, axis=0)) == len(rows)
