@@ -496,21 +496,25 @@ def _from_last(a, lead, batch):
     return get_xp(a).moveaxis(a, tuple(range(nl + 3, nl + 3 + nb)), tuple(range(nl, nl + nb)))
 
 
-def _mm(Wm, cols, reduce=False):
+def _mm(Wm, cols, reduce=False, out=None):
     """Wm (*wl, R, K) @ cols (*cl, K, M) -> (*lead, R, M) in one GEMM where it can be.
 
     A 2-D ``cols`` under population weights (a shared input) becomes one stacked
     GEMM (P*R, K) @ (K, M). With ``reduce`` the population is summed away inside
-    one GEMM (R, P*K) @ (P*K, M): the cotangent of a shared input.
+    one GEMM (R, P*K) @ (P*K, M): the cotangent of a shared input. ``out``, where
+    given, receives the product (BLAS writes it there: no copy of the result).
     """
+    xp = get_xp(Wm, cols)
     if reduce:
         P, R, K = Wm.shape
-        Wr = get_xp(Wm).moveaxis(Wm, 0, 1).reshape(R, P * K)
-        return Wr @ cols.reshape(P * K, cols.shape[-1])
+        Wr = xp.moveaxis(Wm, 0, 1).reshape(R, P * K)
+        return xp.matmul(Wr, cols.reshape(P * K, cols.shape[-1]), out=out)
     if cols.ndim == 2 and Wm.ndim == 3:
         P, R, K = Wm.shape
-        return (Wm.reshape(P * R, K) @ cols).reshape(P, R, cols.shape[-1])
-    return Wm @ cols
+        if out is not None:
+            out = out.reshape(P * R, cols.shape[-1])
+        return xp.matmul(Wm.reshape(P * R, K), cols, out=out).reshape(P, R, cols.shape[-1])
+    return xp.matmul(Wm, cols, out=out)
 
 
 def _blocks(members, rows, row_bytes):
@@ -576,9 +580,9 @@ def _convolved(xl, W, stride, padding):
     per_member = xl.ndim == 5
 
     def gemm(cols, p0, p1, r0, r1):
-        res = _mm(Wm[p0:p1] if per_member else Wm, cols)
         dst = out[p0:p1] if per_member else out
-        dst[..., r0:r1, :, :] = res.reshape(*res.shape[:-1], r1 - r0, Wo, N)
+        # the GEMM writes into the output's row band (a strided matrix BLAS takes as is)
+        _mm(Wm[p0:p1] if per_member else Wm, cols, out=_band(dst, 0, 0, r0, r1, False))
 
     stacked = W.shape[0] if W.ndim == 5 and not per_member else 1
     _each_block(xl, kh, kw, stride, padding, False, stacked * O, gemm)
