@@ -180,7 +180,10 @@ def build_parser():
     g(
         "--max-memory-gb",
         type=float,
-        help=f"memory budget of one bound-propagation chunk; default {d.max_memory_gb}",
+        help="memory budget in GB of one loss evaluation (its bound chunks and PGPE population "
+        "chunk) and of one certification chunk; 0 = half the free memory (GPU memory with "
+        "--device gpu) over the ranks on the node, clamped to [0.25, 64], picked at the start "
+        f"and recorded in config.json (a resumed run keeps it); default {d.max_memory_gb:g}",
     )
 
     o = p.add_argument_group("optimisation").add_argument
@@ -228,7 +231,12 @@ def build_parser():
         help="PGPE on raw losses (no centred-rank shaping)",
     )
     s("--center-opt", choices=CENTER_OPTS, help=f"PGPE's centre optimizer; default {d.center_opt}")
-    s("--pop-chunk", type=int, help="evaluate at most N population members at once (0 = all)")
+    s(
+        "--pop-chunk",
+        type=int,
+        help="evaluate at most N population members at once "
+        "(0 = as many as fit --max-memory-gb); default 0",
+    )
     s("--rgs-samples", type=int, help=f"RGS perturbed points per step; default {d.rgs_samples}")
 
     m = p.add_argument_group("mpi (mpiexec -n R python mpi_run.py ...; docs/mpi.md)").add_argument

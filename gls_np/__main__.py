@@ -74,20 +74,21 @@ def _certify(args: argparse.Namespace) -> int:
     from . import distributed
     from .backend import np
     from .certify import cascade, report
+    from .memory import budget_gb
     from .progress import progress
 
     net, meta, dataset, x, y, start, stop = _load_for_certify(args)
     eps = _eps(args, meta)
+    comm = distributed.world()
     opts = cascade.Options(
         eps=eps,
         pgd_steps=args.pgd_steps,
         pgd_restarts=args.pgd_restarts,
         alpha_steps=args.alpha_steps,
         timeout=args.timeout,
-        max_memory_gb=args.max_memory_gb,
+        max_memory_gb=budget_gb(args.max_memory_gb, comm),
         seed=args.seed,
     )
-    comm = distributed.world()
     out = _out_dir(args) if comm.rank == 0 else None
     mine = cascade.shard_size(len(y), args.batch_size, comm.rank, comm.size)
     with progress(mine, desc=f"certify eps={eps:g}", unit="sample", enabled=comm.rank == 0) as bar:
@@ -140,7 +141,13 @@ def _certify_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--batch-size", type=int, default=100, help="samples per batched step")
-    p.add_argument("--max-memory-gb", type=float, default=4.0)
+    p.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=0.0,
+        help="memory budget in GB of one bound chunk; 0 (default) = half the free memory "
+        "over the ranks on the node, clamped to [0.25, 64], picked at the start",
+    )
 
 
 def _add_certify(subparsers: argparse._SubParsersAction) -> None:
@@ -165,11 +172,14 @@ def _add_certify(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tightness(args: argparse.Namespace) -> int:
+    from . import distributed
     from .backend import np
     from .certify import report, tightness
+    from .memory import budget_gb
     from .progress import progress
 
     net, meta, dataset, x, y, start, stop = _load_for_certify(args)
+    budget = budget_gb(args.max_memory_gb, distributed.world())
     eps_max = args.eps_max if args.eps_max is not None else 2 * _eps(args, meta)
     if eps_max <= 0 or args.points < 2:
         raise ValueError(f"need --eps-max > 0 and --points >= 2, got {eps_max} and {args.points}")
@@ -189,10 +199,16 @@ def _tightness(args: argparse.Namespace) -> int:
             eps_values,
             methods,
             batch_size=args.batch_size,
-            max_memory_gb=args.max_memory_gb,
+            max_memory_gb=budget,
             bar=bar,
         )
-    result.update(checkpoint=str(args.checkpoint), dataset=dataset, start=start, dtype=args.dtype)
+    result.update(
+        checkpoint=str(args.checkpoint),
+        dataset=dataset,
+        start=start,
+        dtype=args.dtype,
+        max_memory_gb=budget,
+    )
     out = _out_dir(args)
     report.write_json(out / "tightness.json", result)
     title = f"{meta.arch or 'network'} on {dataset}, {len(y)} samples"

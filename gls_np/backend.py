@@ -117,6 +117,27 @@ def set_rng_state(rng: np.random.Generator, state: dict) -> None:
     rng.bit_generator.state = state
 
 
+def free_memory_bytes() -> int:
+    """Bytes free for new arrays on the selected device (``device()``).
+
+    CPU: the kernel's MemAvailable (free memory plus the page cache it can reclaim), from
+    /proc/meminfo; where there is no /proc, the free physical pages (``os.sysconf``).
+    GPU: the current device's free memory plus the blocks CuPy's pool holds unused.
+    """
+    if device() == "gpu":
+        cupy = _cupy()
+        free, _ = cupy.cuda.Device().mem_info
+        return int(free + cupy.get_default_memory_pool().free_bytes())
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def tune_allocator(keep_bytes: int = 1 << 31) -> bool:
     """Make the C allocator keep freed memory for reuse instead of unmapping it (glibc).
 

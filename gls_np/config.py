@@ -70,10 +70,11 @@ class Config:
     sigma_max_change: float = 0.2
     rank: bool = True
     center_opt: str = "adam"
-    pop_chunk: int = 0
+    pop_chunk: int = 0  # 0: as many members as fit max_memory_gb (objectives.population_chunk)
     rgs_samples: int = 2
     init_from: str = ""
-    max_memory_gb: float = 4.0
+    # 0: picked from the free memory when the run starts (gls_np.memory); run() records the value
+    max_memory_gb: float = 0.0
     comm: str = "allreduce"
 
     def validate(self) -> Config:
@@ -115,7 +116,6 @@ class Config:
             "eval_batch_size": self.eval_batch_size,
             "sigma": self.sigma,
             "rgs_samples": self.rgs_samples,
-            "max_memory_gb": self.max_memory_gb,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -136,6 +136,10 @@ class Config:
         for name, value in nonneg.items():
             if value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.max_memory_gb < 0:
+            raise ConfigError(
+                f"--max-memory-gb must be >= 0 (0 = from free memory), got {self.max_memory_gb}"
+            )
         if not 0 < self.lr_factor <= 1:
             raise ConfigError(f"--lr-factor must be in (0, 1], got {self.lr_factor}")
         if not self.out:

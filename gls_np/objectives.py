@@ -15,16 +15,27 @@ and returns the batch-mean loss: a scalar, or ``[P]`` for a population.
 
 Adversarial points are searched with the centre network ``center`` (the
 current theta; for a population, the PGPE mean): a population shares them.
+
+Memory: ``max_memory_gb`` is the budget of one loss evaluation. ``BOUND_SHARE`` of it
+is what ``bounds.compute`` plans its own chunks in (HBox's batch, back-substitution's
+rows and samples); the rest holds the per-member forward arrays, which
+``population_chunk`` sizes a PGPE population chunk by.
 """
 
 from __future__ import annotations
 
+import math
+
 from . import attacks, bounds, ops
-from .backend import get_xp
+from .backend import get_xp, np
+from .layers import Conv2d, ReLU
 from .losses import cross_entropy, robust_cross_entropy
 from .tensor import data
 
 CERTIFIED = ("ibp", "hbox", "crown-ibp", "deeppoly")
+# the relaxations whose bounds.compute chunks its work under the budget it is told
+SELF_CHUNKED = ("hbox", "crown-ibp", "deeppoly")
+BOUND_SHARE = 0.5
 
 
 def logits(net, theta, x):
@@ -72,8 +83,10 @@ def make(relax: str, net, *, pgd_steps=8, sabr_lambda=0.4, mtl_alpha=0.5, max_me
     """The objective ``loss(theta, x, y, eps, center, rng)`` for ``--relax relax``.
 
     ``center`` is the theta [D] adversarial points are searched with; ``rng``
-    draws PGD's random starts.
+    draws PGD's random starts. ``max_memory_gb`` is the budget of one evaluation, of
+    which ``bounds.compute`` is told ``BOUND_SHARE``.
     """
+    bound_gb = max_memory_gb * BOUND_SHARE
 
     def adversarial_point(x, y, eps, center, rng):
         if eps == 0 or pgd_steps == 0:
@@ -86,7 +99,7 @@ def make(relax: str, net, *, pgd_steps=8, sabr_lambda=0.4, mtl_alpha=0.5, max_me
         def loss(theta, x, y, eps, center, rng):
             lower, upper = eps_box(x, eps)
             return robust_cross_entropy(
-                margin_lower_bounds(net, theta, lower, upper, y, method, max_memory_gb)
+                margin_lower_bounds(net, theta, lower, upper, y, method, bound_gb)
             )
 
         return loss
@@ -100,7 +113,7 @@ def make(relax: str, net, *, pgd_steps=8, sabr_lambda=0.4, mtl_alpha=0.5, max_me
     def sabr(theta, x, y, eps, center, rng):
         lower, upper = sabr_box(x, adversarial_point(x, y, eps, center, rng), eps, sabr_lambda)
         return robust_cross_entropy(
-            margin_lower_bounds(net, theta, lower, upper, y, "ibp", max_memory_gb)
+            margin_lower_bounds(net, theta, lower, upper, y, "ibp", bound_gb)
         )
 
     def mtl_ibp(theta, x, y, eps, center, rng):
@@ -114,3 +127,59 @@ def make(relax: str, net, *, pgd_steps=8, sabr_lambda=0.4, mtl_alpha=0.5, max_me
     if relax not in table:
         raise ValueError(f"unknown relaxation {relax!r}; expected one of {sorted(table)}")
     return table[relax]
+
+
+def member_bytes(net, relax: str, x_shape) -> float:
+    """Budget bytes one population member's loss takes on a batch of shape ``x_shape``.
+
+    Shapes: x_shape (B, C, H, W). With w the itemsize and, per layer l, n_in and n_out its
+    input and output entries per sample and q its im2col columns (C_in k^2 Ho Wo for a
+    conv, else 0), the entries per (member, sample) are
+
+        forward  f = max_l (n_in + q + n_out)            (one layer's input, windows, output)
+        IBP      f = kept + max_l 2 (n_in + q + 2 n_out)  (lb + ub and ub - lb in, their
+                                                          windows; centre, radius, lb, ub out)
+        row      r = sum_l 2 (n_in + n_out + q)          (one back-substituted row, both sides,
+                                                          every layer's arrays on its tape)
+
+    where kept = sum over ReLU layers of 2 n_in, the bounds on every ReLU's input, which
+    live to the end. none and pgd take w B f_forward of the whole budget, and ibp, sabr,
+    mtl-ibp w B f_IBP. crown-ibp, deeppoly and hbox keep IBP-like bounds outside
+    ``bounds.compute`` and must fit its smallest chunk, m = w r (one row of one sample) or,
+    for hbox, m = w G r (one sample's G = C H W generators, as hbox plans them), into its
+    share s = BOUND_SHARE: max(w B f_IBP / (1 - s), m / s).
+    """
+    if relax not in ("none", "pgd", "sabr", "mtl-ibp", *CERTIFIED):
+        raise ValueError(f"unknown relaxation {relax!r}")
+    B, *in_shape = x_shape
+    shapes = net.shapes(tuple(in_shape))
+    fwd = ibp = kept = row = 0
+    for i, layer in enumerate(net.layers):
+        n_in, n_out = math.prod(shapes[i]), math.prod(shapes[i + 1])
+        q = 0
+        if isinstance(layer, Conv2d):
+            q = layer.in_channels * layer.kernel_size**2 * math.prod(shapes[i + 1][1:])
+        if isinstance(layer, ReLU):
+            kept += 2 * n_in
+        fwd = max(fwd, n_in + q + n_out)
+        ibp = max(ibp, 2 * (n_in + q + 2 * n_out))
+        row += 2 * (n_in + n_out + q)
+    w = np.dtype(net.dtype).itemsize
+    if relax in ("none", "pgd"):
+        return float(w * B * fwd)
+    ibp += kept
+    if relax not in SELF_CHUNKED:
+        return float(w * B * ibp)
+    smallest = w * row * (math.prod(shapes[0]) if relax == "hbox" else 1)
+    return max(w * B * ibp / (1 - BOUND_SHARE), smallest / BOUND_SHARE)
+
+
+def population_chunk(net, relax: str, x_shape, members: int, max_memory_gb: float) -> int:
+    """How many population members one call of ``make(relax, ...)``'s loss may evaluate.
+
+    Math: clip(floor(max_memory_gb 1e9 / member_bytes(net, relax, x_shape)), 1, members).
+    Members are independent (each loss is its own network's), so any split of the
+    population gives the same losses, pairs included; at least one member is always taken.
+    """
+    fit = int(max_memory_gb * 1e9 // member_bytes(net, relax, x_shape))
+    return max(1, min(members, fit))

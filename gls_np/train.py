@@ -7,8 +7,13 @@ Three optimizers share one loop; each is a small ``Method`` (init, step):
 - ``rgs``: the mean gradient at ``rgs_samples`` points theta + N(0, sigma^2)
   (paper Sec. 3.4), Adam; sigma decays with the learning rate.
 - ``pgpe``: antithetic population theta +- eps, losses of all members in one
-  vectorised pass (``pop_chunk`` bounds memory), centre updated by Adam or
-  ClipUp, sigma adapted (paper Sec. 3.1).
+  vectorised pass (``pop_chunk`` members at a time; 0: as many as fit the memory
+  budget), centre updated by Adam or ClipUp, sigma adapted (paper Sec. 3.1).
+
+Memory: ``--max-memory-gb 0`` (the default) is resolved once, when the run starts, to a
+budget picked from free memory (``gls_np.memory``; rank 0's pick, for every rank); the
+run's config.json, checkpoint and metrics record the value used. A resumed run with 0
+takes the value its checkpoint recorded, so it chunks as the uninterrupted run did.
 
 A run directory ``cfg.out`` holds ``checkpoint.h5`` (the latest, written
 atomically every epoch, at the end, at ``--max-steps`` and on Ctrl-C),
@@ -39,7 +44,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import bounds, checkpoint, data, distributed, nets, objectives
@@ -48,6 +53,7 @@ from .certify import cascade
 from .config import Config
 from .distributed import SharedDraws, SingleProcess, shard_slice
 from .losses import accuracy
+from .memory import budget_gb
 from .optim import (
     PGPE,
     adam,
@@ -145,15 +151,21 @@ def _flat(loss_and_grads):
     return loss, g
 
 
-def pgpe_method(cfg: Config, comm=None) -> Method:
+def pgpe_method(cfg: Config, comm=None, net=None) -> Method:
     """PGPE: ask P members, evaluate their losses in one vectorised pass, tell.
 
     Over R ranks each evaluates its ``shard`` of the P/2 antithetic pairs; the losses are
     gathered so the fitness shaping is global, then ``cfg.comm`` says how the estimate is
     formed: ``allreduce`` sums each rank's share of it (2 D float64 per rank and step),
     ``seeds`` regenerates every pair's noise on every rank (only the P losses travel).
+    ``cfg.pop_chunk`` members are scored per call of the loss; 0 takes as many as fit
+    ``cfg.max_memory_gb`` (``objectives.population_chunk``) on ``net``'s shapes (default: a
+    network built from ``cfg.arch`` and ``cfg.dataset``). Chunks give the same losses.
     """
     comm = comm or SingleProcess()
+    if net is None:
+        net = nets.build(cfg.arch, cfg.dataset, dtype=cfg.dtype)
+    max_memory_gb = budget_gb(cfg.max_memory_gb, comm)
     center_opt = clipup() if cfg.center_opt == "clipup" else _center_opt(cfg)
     pgpe = PGPE(
         popsize=cfg.popsize,
@@ -182,7 +194,9 @@ def pgpe_method(cfg: Config, comm=None) -> Method:
         xp = get_xp(center)
         thetas, z = pgpe.ask(state, pairs)
         x, y = to_device(xb, center.dtype), to_device(yb)
-        chunk = cfg.pop_chunk or max(len(thetas), 1)
+        chunk = cfg.pop_chunk or objectives.population_chunk(
+            net, cfg.relax, x.shape, len(thetas), max_memory_gb
+        )
         # each chunk gets the step's generator afresh: every member, on every rank, is then
         # scored against the same adversarial points (objectives search them with the centre)
         own = [
@@ -207,10 +221,10 @@ def pgpe_method(cfg: Config, comm=None) -> Method:
     return Method(pgpe.init, step, lambda state: state["center"])
 
 
-def build_method(cfg: Config, comm=None) -> Method:
-    """Make the ``Method`` of ``cfg.optimizer``, working over ``comm``'s ranks."""
+def build_method(cfg: Config, comm=None, net=None) -> Method:
+    """Make the ``Method`` of ``cfg.optimizer`` for ``net``, working over ``comm``'s ranks."""
     if cfg.optimizer == "pgpe":
-        return pgpe_method(cfg, comm)
+        return pgpe_method(cfg, comm, net)
     if cfg.optimizer == "rgs":
         return gradient_method(cfg, comm, sigma_schedule(cfg.sigma, _lr_schedule(cfg)))
     return gradient_method(cfg, comm)
@@ -301,8 +315,12 @@ def _sigma_stats(state) -> dict:
     return {"sigma_min": float(s.min()), "sigma_mean": float(s.mean()), "sigma_max": float(s.max())}
 
 
-def _start(cfg: Config, method: Method):
-    """(net, state, epoch, step, history): fresh, warm-started from --init-from, or resumed."""
+def _start(cfg: Config):
+    """(net, state, epoch, step, history, config): fresh, from --init-from, or resumed.
+
+    ``state`` is None unless resumed (the method makes it); ``config`` is the resumed
+    checkpoint's (else empty).
+    """
     if cfg.resume:
         net, meta = checkpoint.load(cfg.resume, dtype=cfg.dtype)
         if meta.config.get("optimizer", cfg.optimizer) != cfg.optimizer:
@@ -311,7 +329,7 @@ def _start(cfg: Config, method: Method):
                 f"{meta.config.get('optimizer')}, not {cfg.optimizer}"
             )
         state = _tree_to_device(meta.optimizer)
-        return net, state, meta.epoch, meta.step, list(meta.history)
+        return net, state, meta.epoch, meta.step, list(meta.history), meta.config
     if cfg.init_from:
         net, meta = checkpoint.load(cfg.init_from, dtype=cfg.dtype)
         if meta.arch not in (None, cfg.arch) or meta.dataset not in (None, cfg.dataset):
@@ -321,7 +339,19 @@ def _start(cfg: Config, method: Method):
             )
     else:
         net = nets.build(cfg.arch, cfg.dataset, dtype=cfg.dtype, init=cfg.init, seed=cfg.seed)
-    return net, method.init(net.theta), 0, 0, []
+    return net, None, 0, 0, [], {}
+
+
+def _resolve_memory(cfg: Config, resumed: dict, comm) -> Config:
+    """``cfg`` with an automatic ``max_memory_gb`` (0) replaced by the budget to use.
+
+    A resumed run repeats its checkpoint's budget (same chunks, the same rounding as the
+    uninterrupted run); a new one takes rank 0's pick from its free memory (``budget_gb``).
+    """
+    if cfg.max_memory_gb > 0:
+        return cfg
+    recorded = float(resumed.get("max_memory_gb") or 0)
+    return replace(cfg, max_memory_gb=recorded if recorded > 0 else budget_gb(0, comm))
 
 
 def _check_in_sync(comm, state) -> None:
@@ -361,8 +391,10 @@ def run(cfg: Config, comm=None) -> dict:
     (x_train, y_train), (x_test, y_test) = splits
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
 
-    method = build_method(cfg, comm)
-    net, state, epoch, step, history = _start(cfg, method)
+    net, state, epoch, step, history, resumed = _start(cfg)
+    cfg = _resolve_memory(cfg, resumed, comm)
+    method = build_method(cfg, comm, net)
+    state = method.init(net.theta) if state is None else state
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
@@ -482,6 +514,7 @@ def run(cfg: Config, comm=None) -> dict:
             last["cert_method"] = cert_method
         last.update(_sigma_stats(state))
         last["ranks"] = comm.size
+        last["max_memory_gb"] = cfg.max_memory_gb
         if comm.size > 1:
             last["comm_bytes_per_step"] = sent / max(done, 1)
         last["seconds"] = time.time() - t0

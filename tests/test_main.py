@@ -49,6 +49,7 @@ def test_certify_writes_the_table_and_the_summary(ckpt, tmp_path):
     assert list(rows[0]) == list(report.COLUMNS)
     summary = json.loads((tmp_path / "certify-eps0.02.json").read_text())
     assert summary["samples"] == 6 and summary["eps"] == 0.02 and summary["dataset"] == "mnist"
+    assert summary["max_memory_gb"] >= 0.25  # picked from free memory, and recorded
     cert = sum(r["status"] == "certified" for r in rows)
     assert summary["certified_accuracy"] == cert / 6
     assert summary["certified_accuracy"] <= summary["adversarial_accuracy"]
@@ -58,10 +59,11 @@ def test_certify_writes_the_table_and_the_summary(ckpt, tmp_path):
 def test_tightness_writes_curves_and_a_plot(ckpt, tmp_path):
     res = run_tool(
         "tightness", str(ckpt), "--n", "8", "--points", "3", "--eps-max", "0.02",
-        "--methods", "ibp,deeppoly", "--out", str(tmp_path),
+        "--methods", "ibp,deeppoly", "--out", str(tmp_path), "--max-memory-gb", "0.5",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     result = json.loads((tmp_path / "tightness.json").read_text())
+    assert result["max_memory_gb"] == 0.5
     assert result["eps"] == [0.0, 0.01, 0.02]
     assert set(result["methods"]) == {"ibp", "deeppoly"}
     assert (tmp_path / "tightness.png").read_bytes()[:4] == b"\x89PNG"
@@ -75,6 +77,7 @@ def test_tightness_writes_curves_and_a_plot(ckpt, tmp_path):
         (["--start", "20000"], "past the end"),
         (["--timeout", "-1"], "timeout must be >= 0"),
         (["--dtype", "float16"], "invalid choice"),
+        (["--max-memory-gb", "-1"], "max_memory_gb must be >= 0"),
     ],
 )
 def test_certify_refuses_bad_arguments_in_one_line(ckpt, args, match):

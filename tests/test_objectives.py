@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from gls_np import objectives
+from gls_np import bounds, objectives, train
+from gls_np.config import Config
 from gls_np.losses import cross_entropy
 from gls_np.model import from_layers
 from gls_np.tensor import Tensor
@@ -87,3 +88,77 @@ def test_mtl_ibp_interpolates(setup):
 def test_unknown_relaxation():
     with pytest.raises(ValueError, match="unknown relaxation 'box'"):
         objectives.make("box", None)
+
+
+@pytest.mark.parametrize("relax", RELAXES)
+def test_population_chunk_grows_with_the_budget_within_one_and_the_population(relax, setup):
+    net, x, _ = setup
+    per = objectives.member_bytes(net, relax, x.shape)
+    budgets = [0.0, 0.5 * per, per, 2.5 * per, 7 * per, 1e6 * per]
+    chunks = [objectives.population_chunk(net, relax, x.shape, 6, b / 1e9) for b in budgets]
+    assert chunks == sorted(chunks) and chunks[0] == 1 and chunks[-1] == 6
+    assert chunks[2:5] == [1, 2, 6]
+    # twice the batch, at most twice the bytes per member (hbox: one sample's generators rule)
+    double = objectives.member_bytes(net, relax, (2 * len(x), *x.shape[1:]))
+    assert per <= double <= 2 * per
+
+
+def test_member_bytes_leave_self_chunked_bounds_their_share(setup):
+    net, x, _ = setup
+    ibp = objectives.member_bytes(net, "ibp", x.shape)
+    assert objectives.member_bytes(net, "none", x.shape) < ibp
+    # crown-ibp and deeppoly keep IBP-sized intermediate bounds in the other half of the budget
+    assert objectives.member_bytes(net, "crown-ibp", x.shape) >= ibp / (1 - objectives.BOUND_SHARE)
+    assert objectives.member_bytes(net, "hbox", x.shape) > objectives.member_bytes(
+        net, "deeppoly", x.shape
+    )
+    with pytest.raises(ValueError, match="unknown relaxation 'box'"):
+        objectives.member_bytes(net, "box", x.shape)
+
+
+def test_bounds_are_told_their_share_of_the_budget(setup, monkeypatch):
+    net, x, y = setup
+    told = []
+    real = bounds.compute
+
+    def spy(*args, **kw):
+        told.append(kw["max_memory_gb"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(bounds, "compute", spy)
+    objectives.make("deeppoly", net, max_memory_gb=3.0)(net.theta, x, y, 0.05, net.theta, None)
+    assert told == [3.0 * objectives.BOUND_SHARE]
+
+
+@pytest.mark.parametrize("relax", ["ibp", "hbox", "crown-ibp", "deeppoly"])
+def test_pgpe_auto_chunks_give_the_losses_of_one_call_and_of_single_calls(relax, setup):
+    net, x, y = setup
+    P = 8
+    gb = 3.5 * objectives.member_bytes(net, relax, x.shape) / 1e9  # 3 members per call
+    loss = objectives.make(relax, net, max_memory_gb=gb)
+    calls = []
+
+    def recorded(theta, *rest):
+        out = loss(theta, *rest)
+        calls.append((theta, out))
+        return out
+
+    cfg = Config(optimizer="pgpe", relax=relax, popsize=P, sigma=0.05, max_memory_gb=gb)
+    state = train.pgpe_method(cfg, net=net).init(net.theta)
+    mean, after = train.pgpe_method(cfg, net=net).step(
+        state, recorded, x, y, 0.05, 1e-3, 0.0, (0, 1, 0)
+    )
+    assert [len(t) for t, _ in calls] == [3, 3, 2]
+    thetas = np.concatenate([t for t, _ in calls])
+    chunked = np.concatenate([out for _, out in calls])
+    together = loss(thetas, x, y, 0.05, net.theta, None)
+    singles = [loss(t, x, y, 0.05, net.theta, None) for t in thetas]
+    np.testing.assert_allclose(chunked, together, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(chunked, singles, rtol=1e-12, atol=0)
+    # the step itself: the same as with the whole population in one call
+    whole = Config(optimizer="pgpe", relax=relax, popsize=P, sigma=0.05, pop_chunk=P)
+    mean_1, after_1 = train.pgpe_method(whole, net=net).step(
+        state, loss, x, y, 0.05, 1e-3, 0.0, (0, 1, 0)
+    )
+    assert mean == pytest.approx(mean_1, rel=1e-12)
+    np.testing.assert_allclose(after["center"], after_1["center"], rtol=1e-12, atol=1e-15)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from gls_np import checkpoint, data, objectives, train
+from gls_np import checkpoint, data, memory, objectives, train
 from gls_np.config import Config, ConfigError
 
 
@@ -42,7 +42,12 @@ def test_tiny_run_writes_checkpoint_config_and_metrics(tmp_path):
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert 0.0 <= last["test_acc"] <= 1.0
     assert last["ranks"] == 1 and "comm_bytes_per_step" not in last  # one process sends nothing
-    assert json.loads((out / "config.json").read_text())["seed"] == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 3
+    # the automatic budget, resolved at the start, is recorded where the run's settings go
+    assert config["max_memory_gb"] > 0 and all(
+        r["max_memory_gb"] == config["max_memory_gb"] for r in rows
+    )
     net, meta = checkpoint.load(out / "checkpoint.h5")
     assert meta.epoch == 2 and meta.step == 8 and len(meta.history) == 2
     assert meta.config["arch"] == "cnn3" and meta.optimizer["opt"]["0"]["t"] == 8
@@ -64,13 +69,17 @@ def test_keep_epochs_copies_each_finished_epoch(tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
-def test_resume_reaches_the_uninterrupted_result(tmp_path):
+def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
     full = tiny(tmp_path, "full")
     train.run(full)
     part = tiny(tmp_path, "part", max_steps=5)
     train.run(part)
     assert checkpoint.load(tmp_path / "part" / "checkpoint.h5")[1].step == 5
+    picked = json.loads((tmp_path / "part" / "config.json").read_text())["max_memory_gb"]
+    # free memory changed meanwhile: the resumed run keeps the budget it started with
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda: 3 * picked * 1e9 + 7e9)
     train.run(tiny(tmp_path, "part", resume=str(tmp_path / "part" / "checkpoint.h5")))
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["max_memory_gb"] == picked
     a = checkpoint.load(tmp_path / "full" / "checkpoint.h5")[0].theta
     b = checkpoint.load(tmp_path / "part" / "checkpoint.h5")[0].theta
     np.testing.assert_array_equal(a, b)
@@ -115,11 +124,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         (dict(optimizer="pgpe", popsize=7), "--popsize must be even"),
         (dict(arch="cnn4"), "--arch 'cnn4' is unknown"),
         (dict(comm="ring"), "--comm 'ring' is unknown"),
+        (dict(max_memory_gb=-1.0), "--max-memory-gb must be >= 0"),
     ],
 )
 def test_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         Config(**kw).validate()
+
+
+def test_memory_budget_defaults_to_automatic():
+    assert Config().max_memory_gb == 0 and Config().pop_chunk == 0
+    assert Config(max_memory_gb=0).validate().max_memory_gb == 0
 
 
 RELAXES = ["none", "pgd", "ibp", "hbox", "crown-ibp", "deeppoly", "sabr", "mtl-ibp"]
