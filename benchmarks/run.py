@@ -2,21 +2,32 @@
 """gls_np benchmarks: throughput next to the machine's GEMM peak, measured in one run.
 
 Usage:
-  python benchmarks/run.py                       # every group
+  python benchmarks/run.py                       # gemm, forward, bounds, pgpe (the default)
   python benchmarks/run.py --only gemm,forward,bounds --json results.json
-  python benchmarks/run.py --only bounds --archs cnn3 --methods ibp,deeppoly --batch 128
+  python benchmarks/run.py --only bounds --archs cnn3 --datasets cifar10 --methods ibp,deeppoly
+  python benchmarks/run.py --only train --train-relax ibp,deeppoly --rgs-samples 2
   GLS_NP_MALLOC=default python benchmarks/run.py   # without backend.tune_allocator()
 
+Groups (--only): gemm (always measured: the peak of the "of peak" column), forward (forward
+pass; cross-entropy loss + gradient), bounds (each relaxation's margin bounds, and its robust
+loss + gradient), pgpe (one PGPE fitness evaluation, vectorised population vs a loop over the
+members), train (loss + gradient of every objective, and one full GRAD and RGS optimizer step
+through gls_np.train's own step code), mpi (a PGPE step over R=1 and R=2 ranks) and certify
+(the certification cascade on a checkpoint). Each runs on every --archs x --datasets network
+(pgpe, mpi and the full training steps on cnn3 only).
+
 Each workload runs in its own subprocess, so its peak RSS is its own. The table
-gives images/s, the GFLOP/s that is (dense-equivalent GEMM FLOPs, counted
-analytically: see ``flops``) and its fraction of the float32 GEMM GFLOP/s
-measured at the start of the same run. The machine is noisy: compare ratios,
-not seconds.
+gives images/s (network-images/s, marked *, where one call evaluates several
+networks: PGPE members or RGS points, each on the whole batch), the GFLOP/s that
+is (the algorithm's GEMM FLOPs, counted analytically: see ``flops``) and its
+fraction of the float32 GEMM GFLOP/s measured at the start of the same run. The
+machine is noisy: compare ratios, not seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import resource
@@ -28,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+GROUPS = ("gemm", "forward", "bounds", "pgpe", "train", "mpi", "certify")
 METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
+HEAVY = ("deeppoly", "hbox")
 
 
 def best_time(fn, repeats):
@@ -52,7 +65,10 @@ def gemm_gflops(n=2048, repeats=5):
 
 
 def layer_flops(net):
-    """Per-sample forward GEMM FLOPs per layer (2 O K L per conv, 2 in out per linear, else 0)."""
+    """Per-sample forward GEMM FLOPs per layer (2 O K L per conv, 2 in out per linear, else 0).
+
+    Normalize, ReLU and Flatten are elementwise or free: 0.
+    """
     flops, shapes = [], net.shapes(net.input_shape)
     for layer, out_shape in zip(net.layers, shapes[1:]):
         if layer.type == "conv2d":
@@ -64,61 +80,132 @@ def layer_flops(net):
     return flops
 
 
-def flops(net, workload, spec_rows=9):
-    """Dense-equivalent per-sample FLOPs of a workload.
+def ibp_is_exact(net, j):
+    """Tell whether DeepPoly takes IBP's bounds for ReLU j: no ReLU, <= 1 weighted layer before."""
+    body = [layer.type for layer in net.layers[:j]]
+    return "relu" not in body and sum(t in ("conv2d", "linear") for t in body) <= 1
 
-    forward: sum of layer FLOPs F. train step: 3F minus the first layer's dx.
-    IBP: 2F (centre and radius). HBox: (G + 2) F with G input generators.
-    CROWN-IBP: IBP + S F (S spec rows back-substituted through every layer).
-    DeepPoly: for every ReLU input j, its n_j neurons back-substituted through
-    the layers before it, plus the S spec rows through all. "+grad": 3x.
+
+def backsub_flops(net, j, rows):
+    """FLOPs of back-substituting ``rows`` rows on the input of layer j to the network input.
+
+    One side (lower or upper). Rows on a conv's output go back as patches (gls_np.bounds.patches):
+    window p = 1, then p' = (p - 1) s + k through each conv, costing a direct transposed
+    convolution 2 C_out p^2 C_in k^2 per row, while p'^2 < H W of the conv's input; from the
+    first layer where not (or a Linear/Flatten) the rows are dense and cost that layer's F.
+    """
+    f, shapes = layer_flops(net), net.shapes(net.input_shape)
+    side = 1 if j and net.layers[j - 1].type == "conv2d" else None
+    total = 0
+    for i in reversed(range(j)):
+        layer = net.layers[i]
+        if side is not None and layer.type == "conv2d":
+            grown = (side - 1) * layer.stride + layer.kernel_size
+            if grown**2 < math.prod(shapes[i][1:]):
+                total += 2 * layer.out_channels * side**2 * layer.in_channels * layer.kernel_size**2
+                side = grown
+                continue
+            side = None
+        elif layer.type not in ("relu", "normalize"):
+            side = None
+        if side is None:
+            total += f[i]
+    return rows * total
+
+
+def flops(net, workload, spec_rows=9):
+    """FLOPs of a workload per image (per network-image for a population), counted analytically.
+
+    forward / none: sum of layer GEMM FLOPs F. none+grad (cross-entropy loss and
+    gradient): 3F minus the first layer's dx. IBP: 2F (centre and radius). HBox:
+    (G + 2) F with G input generators. CROWN-IBP: IBP + S F (S spec rows
+    back-substituted through every layer). DeepPoly: IBP up to the ReLUs where it
+    is exact, then every other ReLU input's neurons back-substituted as patches
+    (``backsub_flops``), plus the S spec rows; one side, the useful work (the
+    Toeplitz GEMM route does more FLOPs to run faster; stable neurons skipped do
+    fewer). pgd: 8 attack steps (forward + input gradient) and the forward.
+    "+grad": 3x. A PGPE member costs its objective, an RGS point or a GRAD step its
+    objective's "+grad".
     """
     f = layer_flops(net)
     total = sum(f)
-    relu_at = [i for i, layer in enumerate(net.layers) if layer.type == "relu"]
-    shapes = net.shapes(net.input_shape)
     kind, _, grad = workload.partition("+")
-    if kind.startswith("pgpe"):
-        # a population member costs what one network's bounds cost
-        return flops(net, kind.split(":")[1], spec_rows)
-    if kind == "forward":
+    if ":" in kind:
+        mode, method = kind.split(":")
+        return flops(net, method if mode.startswith("pgpe") else f"{method}+grad", spec_rows)
+    if kind in ("forward", "none"):
+        if grad:
+            return 3 * total - next(v for v in f if v)
         out = total
-    elif kind == "step":
-        first = next(v for v in f if v)
-        return 3 * total - first
     elif kind == "ibp":
         out = 2 * total
     elif kind == "pgd":
-        # 8 attack steps (forward + input gradient) and the training forward
         out = 8 * 2 * total + total
     elif kind == "hbox":
         out = (math.prod(net.input_shape) + 2) * total
     elif kind == "crown-ibp":
         out = 2 * total + spec_rows * total
     elif kind == "deeppoly":
-        out = spec_rows * total + sum(math.prod(shapes[j]) * sum(f[:j]) for j in relu_at)
+        out = spec_rows * total
+        shapes = net.shapes(net.input_shape)
+        for j, layer in enumerate(net.layers):
+            if layer.type != "relu":
+                continue
+            if ibp_is_exact(net, j):
+                out += 2 * sum(f[:j])
+            else:
+                out += backsub_flops(net, j, math.prod(shapes[j]))
     else:
-        raise ValueError(kind)
+        raise ValueError(f"unknown workload {workload!r}")
     return 3 * out if grad else out
+
+
+def training_step(spec, net, x, y):
+    """One full ``grad-step`` / ``rgs-step`` of gls_np.train (loss + gradient, Adam update).
+
+    Returns (fn, networks per call): RGS evaluates ``rgs_samples`` perturbed networks.
+    """
+    from gls_np import objectives, train
+    from gls_np.config import Config
+
+    mode, method = spec["workload"].split(":")
+    cfg = Config(
+        arch=spec["arch"],
+        dataset=spec["dataset"],
+        relax=method,
+        optimizer=mode.removesuffix("-step"),
+        batch_size=spec["batch"],
+        eps=spec["eps"],
+        rgs_samples=spec.get("rgs_samples", 2),
+    )
+    step = train.build_method(cfg, None, net)
+    loss_fn = objectives.make(method, net)
+    state, keys = [step.init(net.theta)], itertools.count()
+
+    def fn():
+        # (seed, 1, step) as train.run passes it; the state carries on like a run's
+        _, state[0] = step.step(state[0], loss_fn, x, y, cfg.eps, cfg.lr, 0.0, (0, 1, next(keys)))
+
+    return fn, cfg.rgs_samples if cfg.optimizer == "rgs" else 1
 
 
 def worker(spec: dict) -> dict:
     """Run one workload in this process and return its row."""
     from gls_np import bounds, nets, objectives
     from gls_np.backend import np, tune_allocator
-    from gls_np.losses import cross_entropy
     from gls_np.tensor import value_and_grad
 
     tune_allocator()  # reuse freed memory instead of page-faulting in new memory
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
+    K = net.layers[-1].out_features
     rng = np.random.default_rng(0)
     B = spec["batch"]
     x = rng.random((B, *net.input_shape), dtype=np.float32)
-    y = rng.integers(0, 10, B)
+    y = rng.integers(0, K, B)
     kind, _, grad = spec["workload"].partition("+")
-    per_call = B
-    if kind.startswith("pgpe"):
-        mode, method = kind.split(":")
+    mode, _, method = kind.partition(":")
+    networks = 1
+    if mode in ("pgpe-vec", "pgpe-loop"):
         loss = objectives.make(method, net)
         thetas = net.theta + 1e-3 * rng.standard_normal(
             (spec["popsize"], net.n_params), dtype=np.float32
@@ -127,11 +214,11 @@ def worker(spec: dict) -> dict:
             fn = lambda: loss(thetas, x, y, spec["eps"], net.theta, rng)  # noqa: E731
         else:
             fn = lambda: [loss(t, x, y, spec["eps"], net.theta, rng) for t in thetas]  # noqa: E731
-        per_call = B * spec["popsize"]
+        networks = spec["popsize"]
+    elif mode in ("grad-step", "rgs-step"):
+        fn, networks = training_step(spec, net, x, y)
     elif kind == "forward":
         fn = lambda: net(x)  # noqa: E731
-    elif kind == "step":
-        fn = lambda: value_and_grad(lambda th: cross_entropy(net.forward(x, th), y), net.theta)  # noqa: E731
     elif grad:
         loss = objectives.make(kind, net)
 
@@ -140,11 +227,15 @@ def worker(spec: dict) -> dict:
 
     else:
         box = bounds.linf_box(x, spec["eps"])
-        C = bounds.margin_spec(y, 10, dtype=net.dtype)
+        C = bounds.margin_spec(y, K, dtype=net.dtype)
         fn = lambda: bounds.compute(net, box.lb, box.ub, kind, C=C)  # noqa: E731
     t = best_time(fn, spec["repeats"])
+    per_call = B * networks
     return {
         **spec,
+        "unit": "network-images" if networks > 1 else "images",
+        "images_per_call": per_call,
+        "call_s": t,
         "images_per_s": per_call / t,
         "gflops": per_call * flops(net, spec["workload"]) / t / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -167,6 +258,7 @@ def mpi_worker(spec: dict) -> dict | None:
     comm = distributed.world()
     cfg = Config(
         arch=spec["arch"],
+        dataset=spec["dataset"],
         relax=spec["method"],
         optimizer="pgpe",
         popsize=spec["popsize"],
@@ -175,11 +267,11 @@ def mpi_worker(spec: dict) -> dict | None:
         comm=spec["comm"],
     )
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
-    method = train.pgpe_method(cfg, comm)
+    method = train.pgpe_method(cfg, comm, net)
     loss_fn = objectives.make(spec["method"], net)
     rng = np.random.default_rng(0)
     x = rng.random((spec["batch"], *net.input_shape), dtype=np.float32)
-    y = rng.integers(0, 10, spec["batch"])
+    y = rng.integers(0, net.layers[-1].out_features, spec["batch"])
     state = method.init(net.theta)
     times, sent = [], 0
     for k in range(spec["repeats"] + 1):
@@ -193,12 +285,16 @@ def mpi_worker(spec: dict) -> dict | None:
     if comm.rank:
         return None
     step_s = min(times)
+    per_call = spec["batch"] * spec["popsize"]
     return {
         **spec,
+        "unit": "network-images",
+        "images_per_call": per_call,
+        "call_s": step_s,
         "step_s": step_s,
         "bytes_per_step": sent,
-        "images_per_s": spec["batch"] * spec["popsize"] / step_s,
-        "gflops": spec["batch"] * spec["popsize"] * flops(net, spec["workload"]) / step_s / 1e9,
+        "images_per_s": per_call / step_s,
+        "gflops": per_call * flops(net, spec["workload"]) / step_s / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -213,7 +309,8 @@ def certify_worker(spec: dict) -> dict:
     from gls_np.certify import cascade
 
     net, meta = checkpoint.load(spec["checkpoint"], dtype="float64")
-    x, y = data.load(meta.dataset or "mnist", "test")
+    dataset = meta.dataset or "mnist"
+    x, y = data.load(dataset, "test")
     n = spec["batch"]
     opts = cascade.Options(eps=spec["eps"], timeout=spec["timeout"])
     t0 = time.perf_counter()
@@ -222,6 +319,10 @@ def certify_worker(spec: dict) -> dict:
     return {
         **spec,
         "arch": meta.arch or "?",
+        "dataset": dataset,
+        "unit": "images",
+        "images_per_call": n,
+        "call_s": seconds,
         "images_per_s": n / seconds,
         "gflops": float("nan"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -260,12 +361,35 @@ def mpi_command(ranks: int) -> list:
 def print_mpi_summary(rows: list) -> None:
     """Step time and bytes per rank and step of the mpi group, and R=2's speed-up over R=1."""
     rows = [r for r in rows if "ranks" in r and "step_s" in r]
-    one = next((r["step_s"] for r in rows if r["ranks"] == 1), None)
     for r in rows:
+        one = next(
+            (
+                o["step_s"]
+                for o in rows
+                if o["ranks"] == 1 and (o["arch"], o["dataset"]) == (r["arch"], r["dataset"])
+            ),
+            None,
+        )
         speedup = f", {one / r['step_s']:.2f}x R=1" if one else ""
         print(
-            f"mpi: PGPE step R={r['ranks']} --comm {r['comm']:<9} {r['step_s'] * 1e3:8.1f} ms"
-            f"{speedup}, {r['bytes_per_step']:,} bytes sent per rank and step"
+            f"mpi: PGPE step {r['arch']} {r['dataset']:<13} R={r['ranks']} --comm {r['comm']:<9} "
+            f"{r['step_s'] * 1e3:8.1f} ms{speedup}, {r['bytes_per_step']:,} bytes sent per rank "
+            "and step"
+        )
+
+
+def print_pgpe_summary(rows: list) -> None:
+    """Network-images/s of the vectorised population over the loop over members (pgpe group)."""
+    done = {(r["arch"], r["dataset"], r["workload"]): r for r in rows if "error" not in r}
+    for (arch, dataset, workload), vec in done.items():
+        mode, _, method = workload.partition(":")
+        loop = done.get((arch, dataset, f"pgpe-loop:{method}"))
+        if mode != "pgpe-vec" or loop is None:
+            continue
+        print(
+            f"pgpe: {arch} {dataset:<13} {method:<9} P={vec['popsize']}: vectorised "
+            f"{vec['images_per_s']:,.0f} vs loop {loop['images_per_s']:,.0f} network-images/s, "
+            f"vec/loop {vec['images_per_s'] / loop['images_per_s']:.2f}x"
         )
 
 
@@ -286,25 +410,33 @@ def run_workload(spec: dict, timeout: float) -> dict:
 
 
 def plan(args) -> list:
-    """The workloads to run, with a batch each (DeepPoly on CNN5 runs at a smaller batch)."""
+    """The workloads to run, one spec each, for every dataset and arch.
+
+    DeepPoly and HBox run at --heavy-batch wherever they are heavy (CNN5, or CIFAR-10's
+    3072 input generators / neurons), as do the train group's rows.
+    """
     specs = []
     groups = args.only.split(",")
-    for arch in args.archs.split(","):
-        base = {"arch": arch, "dataset": "mnist", "eps": 0.1, "repeats": args.repeats}
+    for dataset, arch in itertools.product(args.datasets.split(","), args.archs.split(",")):
+        base = {"arch": arch, "dataset": dataset, "eps": 0.1, "repeats": args.repeats}
+        light = arch == "cnn3" and dataset != "cifar10"
         if "forward" in groups:
-            specs += [{**base, "workload": w, "batch": args.batch} for w in ("forward", "step")]
+            specs += [
+                {**base, "workload": w, "batch": args.batch} for w in ("forward", "none+grad")
+            ]
         if "bounds" in groups:
             for m in args.methods.split(","):
-                batch = args.batch
-                if m in ("deeppoly", "hbox") and arch != "cnn3":
-                    batch = min(batch, args.heavy_batch)
+                heavy = m in HEAVY
+                batch = min(args.batch, args.heavy_batch) if heavy and not light else args.batch
+                if m == "hbox" and dataset == "cifar10":
+                    batch = min(batch, args.hbox_cifar_batch)
                 for w in (m, f"{m}+grad"):
                     specs.append(
                         {
                             **base,
                             "workload": w,
                             "batch": batch,
-                            "repeats": 1 if m in ("deeppoly", "hbox") else args.repeats,
+                            "repeats": 1 if heavy else args.repeats,
                         }
                     )
         if "pgpe" in groups and arch == "cnn3":
@@ -320,6 +452,27 @@ def plan(args) -> list:
                             "repeats": 1,
                         }
                     )
+        if "train" in groups:
+            # loss + gradient of every objective (none+grad is the forward group's row)
+            objs = ("pgd", *args.methods.split(","))
+            for m in objs if "forward" in groups else ("none", *objs):
+                batch = args.heavy_batch
+                if m == "hbox" and dataset == "cifar10":
+                    batch = min(batch, args.hbox_cifar_batch)
+                specs.append({**base, "workload": f"{m}+grad", "batch": batch, "repeats": 1})
+            if arch == "cnn3":
+                # one full optimizer step: GRAD, and RGS over --rgs-samples points
+                for m in args.train_relax.split(","):
+                    for mode in ("grad-step", "rgs-step"):
+                        specs.append(
+                            {
+                                **base,
+                                "workload": f"{mode}:{m}",
+                                "batch": args.heavy_batch,
+                                "repeats": 1,
+                                **({"rgs_samples": args.rgs_samples} if mode == "rgs-step" else {}),
+                            }
+                        )
         if "mpi" in groups and arch == "cnn3":
             # PGPE over 1 and 2 ranks: R=1 (combining is trivial) and R=2 with both --comm
             for ranks, comm in ((1, "allreduce"), (2, "allreduce"), (2, "seeds")):
@@ -334,57 +487,95 @@ def plan(args) -> list:
                         "comm": comm,
                     }
                 )
-        if "certify" in groups and arch == "cnn3":
-            if not args.checkpoint:
-                raise SystemExit("the certify group needs --checkpoint (a trained CNN3)")
-            specs.append(
-                {
-                    **base,
-                    "workload": "certify",
-                    "checkpoint": args.checkpoint,
-                    "batch": args.certify_n,
-                    "timeout": args.certify_timeout,
-                }
-            )
-        if "train" in groups:
-            for m in ("none", "pgd", *args.methods.split(",")):
-                specs.append(
-                    {
-                        **base,
-                        "workload": f"{m}+grad" if m != "none" else "step",
-                        "batch": args.heavy_batch,
-                        "repeats": 1,
-                    }
-                )
+    if "certify" in groups:
+        if not args.checkpoint:
+            raise SystemExit("the certify group needs --checkpoint (a trained CNN3)")
+        # the checkpoint fixes the arch and dataset; the worker reports them
+        specs.append(
+            {
+                "arch": "?",
+                "dataset": "?",
+                "eps": 0.1,
+                "repeats": 1,
+                "workload": "certify",
+                "checkpoint": args.checkpoint,
+                "batch": args.certify_n,
+                "timeout": args.certify_timeout,
+            }
+        )
     return specs
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line, with --only and --datasets checked."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--only", default="gemm,forward,bounds,pgpe", help=f"comma list of {GROUPS}")
+    p.add_argument("--archs", default="cnn3,cnn5")
     p.add_argument(
-        "--only",
-        default="gemm,forward,bounds,pgpe",
-        help="comma list of gemm, forward, bounds, pgpe, train, mpi, certify",
+        "--datasets", default="mnist,cifar10", help="comma list of mnist, fashion-mnist, cifar10"
     )
+    p.add_argument("--methods", default=",".join(METHODS), help="relaxations of bounds and train")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument(
+        "--heavy-batch",
+        type=int,
+        default=128,
+        help="batch of DeepPoly/HBox on cnn5 or cifar10 and of the train group (memory)",
+    )
+    p.add_argument(
+        "--hbox-cifar-batch",
+        type=int,
+        default=16,
+        help="batch of HBox on cifar10 (3,072 input generators: time and memory)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up (best)")
+    p.add_argument("--popsize", type=int, default=32, help="PGPE population of pgpe and mpi")
+    p.add_argument("--pgpe-batch", type=int, default=128)
+    p.add_argument("--pgpe-methods", default="ibp,crown-ibp,deeppoly")
+    p.add_argument(
+        "--train-relax", default="ibp,deeppoly", help="objectives of the GRAD and RGS steps"
+    )
+    p.add_argument("--rgs-samples", type=int, default=2, help="RGS points per step")
     p.add_argument("--checkpoint", default="", help="trained CNN3 of the certify group")
     p.add_argument("--certify-n", type=int, default=100, help="test samples of the certify group")
     p.add_argument("--certify-timeout", type=float, default=60.0, help="MILP s per sample")
-    p.add_argument("--archs", default="cnn3,cnn5")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument(
-        "--heavy-batch", type=int, default=128, help="batch of DeepPoly/HBox on cnn5 (memory)"
-    )
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--popsize", type=int, default=32, help="PGPE population of the pgpe group")
-    p.add_argument("--pgpe-batch", type=int, default=128)
-    p.add_argument("--pgpe-methods", default="ibp,crown-ibp,deeppoly")
+    p.add_argument("--gemm-size", type=int, default=2048, help="n of the n^3 float32 GEMM")
     p.add_argument("--timeout", type=float, default=900, help="seconds per workload")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        return args
+    # not in a worker: mpi_worker must limit BLAS threads before numpy is imported
+    from gls_np.data import DATASETS
+
+    for flag, given, allowed in (
+        ("--only", args.only, GROUPS),
+        ("--datasets", args.datasets, DATASETS),
+    ):
+        unknown = [v for v in given.split(",") if v not in allowed]
+        if unknown:
+            p.error(f"{flag}: unknown {unknown}; expected a comma list of {list(allowed)}")
+    return args
+
+
+def print_row(r: dict, peak: float) -> None:
+    lead = f"{r['workload']:<24}{r['arch']:<6}{r['dataset']:<14}{r['batch']:>6}"
+    if "error" in r:
+        print(f"{lead}  {r['error']}", flush=True)
+        return
+    star = "*" if r["unit"] == "network-images" else " "
+    print(
+        f"{lead}{r['images_per_s']:>11,.1f}{star}{r['gflops']:>8.1f}{r['gflops'] / peak:>9.1%}"
+        f"{r['peak_rss_mb']:>12,.0f}",
+        flush=True,
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
         if "ranks" in spec:
@@ -396,29 +587,33 @@ def main(argv=None):
         if row is not None:
             print(json.dumps(row))
         return
-    peak = gemm_gflops(repeats=args.repeats)
-    print(f"float32 GEMM (2048^3, numpy): {peak:.1f} GFLOP/s")
-    rows = []
-    header = (
-        f"{'workload':<26}{'arch':<6}{'batch':>6}{'img/s':>11}{'GFLOP/s':>9}{'of peak':>9}"
-        f"{'peak RSS MB':>12}"
+    specs = plan(args)
+    peak = gemm_gflops(args.gemm_size, repeats=args.repeats)
+    print(f"float32 GEMM ({args.gemm_size}^3, numpy): {peak:.1f} GFLOP/s")
+    print(
+        f"{'workload':<24}{'arch':<6}{'dataset':<14}{'batch':>6}{'img/s':>12}{'GFLOP/s':>8}"
+        f"{'of peak':>9}{'peak RSS MB':>12}"
     )
-    print(header)
-    for spec in plan(args):
-        r = run_workload(spec, args.timeout)
-        rows.append(r)
-        if "error" in r:
-            print(f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}  {r['error']}")
-        else:
-            print(
-                f"{r['workload']:<26}{r['arch']:<6}{r['batch']:>6}{r['images_per_s']:>11,.1f}{r['gflops']:>9.1f}"
-                f"{r['gflops'] / peak:>9.1%}{r['peak_rss_mb']:>12,.0f}",
-                flush=True,
-            )
+    rows = []
+    for spec in specs:
+        rows.append(run_workload(spec, args.timeout))
+        print_row(rows[-1], peak)
+    if any(r.get("unit") == "network-images" for r in rows):
+        print(
+            "* network-images/s: one call evaluates several networks on the batch "
+            "(PGPE: popsize members; RGS: --rgs-samples points)"
+        )
+    print_pgpe_summary(rows)
     print_mpi_summary(rows)
     print_certify_summary(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"gemm_gflops": peak, "rows": rows}, indent=2))
+        out = {
+            "gemm_gflops": peak,
+            "gemm_size": args.gemm_size,
+            "options": vars(args),
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
