@@ -452,6 +452,7 @@ def matmul(a, b):
 # keeping them on the tape.
 
 _BLOCK_BYTES = 16 << 20
+_KEEP_COLS_BYTES = 64 << 20
 
 
 def _conv_lead(x, W):
@@ -532,13 +533,14 @@ def _blocks(members, rows, row_bytes):
     ]
 
 
-def _each_block(xl, kh, kw, stride, padding, together, out_rows, use):
+def _each_block(xl, kh, kw, stride, padding, together, out_rows, use, whole=False):
     """Call ``use(cols, p0, p1, r0, r1)`` on the im2col columns of xl, block by block.
 
     Shapes: xl (*xlead, C, H, W, N) -> cols (*blead, C*kh*kw, rows*Wo*N) for members
     p0..p1-1 (all of them with ``together``; xl without a population axis is one)
     and output rows r0..r1-1. ``out_rows`` (rows of the product ``use`` makes per column)
-    enters the block size. ``cols`` is a reused buffer: ``use`` must not keep it.
+    enters the block size. ``cols`` is a reused buffer: ``use`` must not keep it, unless
+    ``whole``: then there is one block, every member and row, in a buffer of its own.
     """
     xp = get_xp(xl)
     C, H, W, N = xl.shape[-4:]
@@ -547,7 +549,8 @@ def _each_block(xl, kh, kw, stride, padding, together, out_rows, use):
     per_member = xl.ndim == 5 and not together
     group = xl.shape[0] if xl.ndim == 5 and together else 1
     row_bytes = (group * C * kh * kw + out_rows) * Wo * N * xl.itemsize
-    blocks = _blocks(xl.shape[0] if per_member else 1, Ho, row_bytes)
+    members = xl.shape[0] if per_member else 1
+    blocks = [(0, members, 0, Ho)] if whole else _blocks(members, Ho, row_bytes)
     p0, p1, r0, r1 = blocks[0]
     buf = xp.empty(max(p1 - p0, group) * C * kh * kw * (r1 - r0) * Wo * N, dtype=xl.dtype)
     for p0, p1, r0, r1 in blocks:
@@ -568,8 +571,20 @@ def _band(a, p0, p1, r0, r1, per_member):
     return a.reshape(*a.shape[:-3], -1)
 
 
-def _convolved(xl, W, stride, padding):
-    """W x in the batch-last layout.  Shapes: xl (*xlead, C, H, W, N) -> (*lead, O, Ho, Wo, N)."""
+def _cols_bytes(xl, kh, kw, stride, padding):
+    """Bytes of the whole im2col array of xl (*xlead, C, H, W, N)."""
+    H, Wi, N = xl.shape[-3:]
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (Wi + 2 * padding - kw) // stride + 1
+    return math.prod(xl.shape[:-3]) * kh * kw * Ho * Wo * N * xl.itemsize
+
+
+def _convolved(xl, W, stride, padding, keep=False):
+    """W x in the batch-last layout.  Shapes: xl (*xlead, C, H, W, N) -> (*lead, O, Ho, Wo, N).
+
+    With ``keep`` the columns are made whole, once, and returned too (else None):
+    (out, cols), cols (*xlead, C*kh*kw, Ho*Wo*N).
+    """
     O, C, kh, kw = W.shape[-4:]
     H, Wi, N = xl.shape[-3:]
     Ho = (H + 2 * padding - kh) // stride + 1
@@ -585,15 +600,24 @@ def _convolved(xl, W, stride, padding):
         _mm(Wm[p0:p1] if per_member else Wm, cols, out=_band(dst, 0, 0, r0, r1, False))
 
     stacked = W.shape[0] if W.ndim == 5 and not per_member else 1
-    _each_block(xl, kh, kw, stride, padding, False, stacked * O, gemm)
-    return out
+    kept = []
+
+    def gemm_and_keep(cols, *block):
+        kept.append(cols)
+        gemm(cols, *block)
+
+    _each_block(
+        xl, kh, kw, stride, padding, False, stacked * O, gemm_and_keep if keep else gemm, keep
+    )
+    return out, (kept[0] if keep else None)
 
 
-def _weight_grad(gl, xl, W_shape, stride, padding):
+def _weight_grad(gl, xl, W_shape, stride, padding, cols=None):
     """dW = g cols(x)^T summed over the batch, the columns remade block by block.
 
     Remaking them costs one more im2col pass in cache; keeping them would put
-    several times the activations' memory on the tape.
+    several times the activations' memory on the tape. ``cols``: the whole columns,
+    kept by the forward pass where they are small (``_KEEP_COLS_BYTES``), used as they are.
 
     Shapes: gl (*glead, O, Ho, Wo, N) and xl (*xlead, C, H, W, N), both batch-last
     -> dW (*lead, O, C, kh, kw); a population axis on either side gives one.
@@ -614,7 +638,10 @@ def _weight_grad(gl, xl, W_shape, stride, padding):
             dst = dW[p0:p1] if per_member else dW
             dst += gm @ xp.swapaxes(cols, -1, -2)
 
-    _each_block(xl, kh, kw, stride, padding, False, 0, gemm)
+    if cols is not None:
+        gemm(cols, 0, xl.shape[0] if per_member else 1, 0, gl.shape[-3])
+    else:
+        _each_block(xl, kh, kw, stride, padding, False, 0, gemm)
     return dW.reshape(W_shape)
 
 
@@ -709,7 +736,10 @@ def conv2d(x, W, stride=1, padding=0):
     xs, xlead = _squeeze_shared(xd, lead)
     xl = _batch_last(xs, xlead, batch)
     out_lead = Wd.shape[:-4] if Wd.ndim == 5 else lead
-    out = _from_last(_convolved(xl, Wd, stride, padding), out_lead, batch)
+    # the weight gradient needs the columns again: keep them when they are small
+    keep = needs_grad(W) and _cols_bytes(xl, kh, kw, stride, padding) <= _KEEP_COLS_BYTES
+    out, cols = _convolved(xl, Wd, stride, padding, keep)
+    out = _from_last(out, out_lead, batch)
 
     def vjp_x(g):
         # y = W cols(x)  =>  dx = cols^T(W^T g) = conv2d_T(g, W); a shared input
@@ -720,7 +750,8 @@ def conv2d(x, W, stride=1, padding=0):
 
     def vjp_W(g):
         # y = W cols(x)  =>  dW = g cols^T, summed over the batch
-        return _weight_grad(_batch_last(g, out_lead, batch), xl, Wd.shape, stride, padding)
+        gl = _batch_last(g, out_lead, batch)
+        return _weight_grad(gl, xl, Wd.shape, stride, padding, cols)
 
     return record(out, (x, vjp_x), (W, vjp_W))
 
@@ -834,3 +865,278 @@ __all__ = [
     "unbroadcast",
     "where",
 ]
+
+
+# ---------------------------------------------------------------- back-substitution through a ReLU
+#
+# Back-substitution's coefficient arrays are the largest in the engine, and every
+# elementwise pass over them is bound by memory traffic: the ReLU step is one
+# fused primitive that reads A once (and its VJP reads A and the cotangent once),
+# block by block in one memory order, each block's intermediates staying in cache.
+
+_SIGN_BLOCK_BYTES = 1 << 18
+
+
+def relu_backstep(A, s_pos, s_neg, i_pos, i_neg, n: int):
+    """Push rows A through a relaxed ReLU: A+ s_pos + A- s_neg and <A+, i_pos> + <A-, i_neg>.
+
+    Shapes: A (..., *shape) with len(shape) = n; s_pos, s_neg, i_pos, i_neg broadcast
+    against A -> (A', shift) with A' the broadcast shape and shift that shape without
+    its last n axes. i_pos or i_neg None: zero. s_pos = s_neg = None: only the shift
+    (A' is None), e.g. a concretisation <A+, l> + <A-, u> over a box.
+    Math: A+ = max(A, 0), A- = min(A, 0), so A+ + A- = A; the shift sums A+ i_pos +
+    A- i_neg over the last n axes. Equal to the unfused products and sums up to float
+    rounding. A = 0 counts as negative in the VJP, as A - relu(A) does.
+    """
+    Ad = data(A)
+    sp, sn, ip, im = (None if x is None else data(x) for x in (s_pos, s_neg, i_pos, i_neg))
+    xp = get_xp(*(x for x in (Ad, sp, sn, ip, im) if x is not None))
+    shape = tuple(np.broadcast_shapes(*(x.shape for x in (Ad, sp, sn, ip, im) if x is not None)))
+    if xp is np:
+        out, shift = _backstep_blocks(Ad, sp, sn, ip, im, n, shape)
+    else:
+        out, shift = _backstep_whole(xp, Ad, sp, sn, ip, im, n, shape)
+    grads = {}
+
+    def vjp_of(key, g, pos, neg, fields):
+        # d(A+ pos + A- neg) = (pos or neg by sign) dA + A+ dpos + A- dneg: one pass gives
+        # every wanted cotangent, the other parents read the cache
+        if key not in grads:
+            wanted = [needs_grad(x) for x in (A, *fields)]
+            run = _backstep_vjp_blocks if xp is np else _backstep_vjp_whole
+            grads[key] = dict(zip(("A", "pos", "neg"), run(Ad, g, pos, neg, wanted, shape)))
+        return lambda name: grads[key].pop(name)
+
+    def cotangents(key, pos, neg, fields, widen):
+        def vjp(name):
+            return lambda g: vjp_of(key, widen(g), pos, neg, fields)(name)
+
+        return vjp
+
+    if out is not None:
+        vjp = cotangents("out", sp, sn, (s_pos, s_neg), lambda g: g)
+        out = record(out, (A, vjp("A")), (s_pos, vjp("pos")), (s_neg, vjp("neg")))
+    # the shift's cotangent (..) spreads over the summed axes (.., 1, .., 1)
+    vjp = cotangents("shift", ip, im, (i_pos, i_neg), lambda g: g.reshape(*g.shape, *(1,) * n))
+    shift = record(shift, (A, vjp("A")), (i_pos, vjp("pos")), (i_neg, vjp("neg")))
+    return out, shift
+
+
+def _backstep_whole(xp, Ad, sp, sn, ip, im, n, shape):
+    """relu_backstep's values by whole-array operations (CuPy, or rows shared by a batch)."""
+    pos, neg = xp.fmax(Ad, 0), xp.fmin(Ad, 0)
+    shift = xp.zeros(shape[: len(shape) - n], dtype=Ad.dtype)
+    axes = tuple(range(-n, 0))
+    for half, i in ((pos, ip), (neg, im)):
+        if i is not None:
+            shift = shift + (half * i).sum(axis=axes)
+    return (None if sp is None else pos * sp + neg * sn), shift
+
+
+def _backstep_vjp_whole(Ad, g, pos, neg, wanted, shape):
+    """(dA, dpos, dneg) of A+ pos + A- neg for the cotangent g, by whole-array operations."""
+    xp = get_xp(Ad, g)
+    gp = g * (Ad > 0)
+    gn = g - gp
+    dA = None
+    if wanted[0]:
+        parts = [gs * f for gs, f in ((gp, pos), (gn, neg)) if f is not None]
+        dA = unbroadcast(parts[0] + parts[1] if len(parts) == 2 else parts[0], Ad.shape)
+    dpos = unbroadcast(g * xp.fmax(Ad, 0), pos.shape) if wanted[1] else None
+    dneg = unbroadcast(g * xp.fmin(Ad, 0), neg.shape) if wanted[2] else None
+    return dA, dpos, dneg
+
+
+def _memory_order(a, shape):
+    """Axes of ``a`` (broadcast to ``shape``) from the largest stride to the smallest.
+
+    An axis that ``a`` broadcasts (size 1) goes right before the next axis that it has,
+    so that rows shared by a batch keep the batch innermost (a convolution's batch-last
+    order flattens them as one batch axis, rows outer).
+    """
+    a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
+    keys, nxt = [0] * len(shape), 0
+    for ax in reversed(range(len(shape))):
+        if a.shape[ax] > 1 and a.strides[ax]:
+            nxt = a.strides[ax]
+        keys[ax] = nxt
+    return tuple(sorted(range(len(shape)), key=lambda ax: -keys[ax]))
+
+
+class _Blocks:
+    """Cache-sized blocks of a broadcast shape, walked in the memory order ``perm``.
+
+    A prefix of the permuted axes is looped one index at a time and the next one in
+    chunks, so that one block holds about _SIGN_BLOCK_BYTES.
+    """
+
+    def __init__(self, shape, perm, itemsize):
+        self.shape, self.perm = shape, perm
+        self.pshape = tuple(shape[ax] for ax in perm)
+        inner, split = itemsize, len(self.pshape)
+        while split > 0 and inner * self.pshape[split - 1] <= _SIGN_BLOCK_BYTES:
+            split -= 1
+            inner *= self.pshape[split]
+        self.split = split
+        self.lead = max(split - 1, 0)
+        self.step = max(1, _SIGN_BLOCK_BYTES // inner) if split else 1
+        if split:
+            self.block = (min(self.step, self.pshape[self.lead]), *self.pshape[self.lead + 1 :])
+        else:
+            self.block = self.pshape
+
+    def __iter__(self):
+        """Yield each block's index into the permuted views."""
+        for prefix in np.ndindex(*self.pshape[: self.lead]):
+            if not self.split:
+                yield prefix
+                continue
+            for j in range(0, self.pshape[self.lead], self.step):
+                yield prefix + (slice(j, j + self.step),)
+
+    def view(self, x, copy=True):
+        """``x`` broadcast to the shape and permuted; a small operand copied into the order."""
+        if x is None:
+            return None
+        x = x.reshape((1,) * (len(self.shape) - x.ndim) + x.shape).transpose(self.perm)
+        return np.broadcast_to(np.ascontiguousarray(x) if copy else x, self.pshape)
+
+    def buffer(self, dtype):
+        """Return scratch of one block."""
+        return np.empty(self.block, dtype=dtype)
+
+    def target(self, reduced_shape, dtype):
+        """Zeros to sum blocks into, permuted, of a shape that broadcasts to the whole."""
+        full = (1,) * (len(self.shape) - len(reduced_shape)) + tuple(reduced_shape)
+        return np.zeros(tuple(full[ax] for ax in self.perm), dtype=dtype)
+
+    def add_into(self, tp, idx, vals):
+        """Sum the block's values ``vals`` over the axes that ``tp`` lacks and add them in."""
+        spot = tuple(
+            i if tp.shape[k] > 1 else (slice(0, 1) if isinstance(i, slice) else 0)
+            for k, i in enumerate(idx)
+        )
+        first = self.lead if self.split else 0
+        axes = tuple(j for j in range(vals.ndim) if tp.shape[first + j] == 1 and vals.shape[j] > 1)
+        tp[spot] += vals.sum(axis=axes, keepdims=True) if axes else vals
+
+    def back(self, tp, shape):
+        """Return a permuted array (``view``'s or ``target``'s shape) in the order ``shape``."""
+        inverse = tuple(sorted(range(len(self.perm)), key=self.perm.__getitem__))
+        return tp.transpose(inverse).reshape(shape)
+
+
+def _backstep_blocks(Ad, sp, sn, ip, im, n, shape):
+    """relu_backstep's values in cache-sized blocks of one memory order.
+
+    The order is A's; for rows shared by a batch, the slopes' (that of the layer
+    before the ReLU, whose transpose A' meets next: a convolution's batch-last order,
+    a linear layer's rows), and then A's two signs are formed once, on the small A.
+    """
+    shared = Ad.shape != shape and sp is not None
+    bl = _Blocks(shape, _memory_order(sp if shared else Ad, shape), Ad.itemsize)
+    if shared:
+        return _backstep_shared(bl, Ad, sp, sn, ip, im, n, shape)
+    a = bl.view(Ad, copy=False)
+    p, q, ipv, imv = (bl.view(x) for x in (sp, sn, ip, im))
+    out = None if sp is None else np.empty(bl.pshape, dtype=Ad.dtype)
+    lead_shape = shape[: len(shape) - n]
+    shift = bl.target((*lead_shape, *(1,) * n), Ad.dtype)
+    t, u = bl.buffer(Ad.dtype), bl.buffer(Ad.dtype)
+    # max(A, 0) against an array of zeros: against the scalar 0 it runs ~3x slower
+    zero = np.zeros(bl.block, dtype=Ad.dtype)
+    for idx in bl:
+        ab = a[idx]
+        k = ab.shape[0] if bl.split else None
+        tb, ub, zb = t[:k], u[:k], zero[:k]
+        np.fmin(ab, zb, out=tb)
+        if imv is not None:
+            np.multiply(tb, imv[idx], out=ub)
+            bl.add_into(shift, idx, ub)
+        ob = ub if out is None else out[idx]
+        np.fmax(ab, zb, out=ob)
+        if ipv is not None:
+            np.multiply(ob, ipv[idx], out=ub)
+            bl.add_into(shift, idx, ub)
+        if out is not None:
+            np.multiply(tb, q[idx], out=tb)
+            np.multiply(ob, p[idx], out=ob)
+            ob += tb
+    return (None if out is None else bl.back(out, shape)), bl.back(shift, lead_shape)
+
+
+def _backstep_shared(bl, Ad, sp, sn, ip, im, n, shape):
+    """_backstep_blocks for rows A shared by a batch: A+ and A- formed once, then 3 passes."""
+    pos, neg = bl.view(np.fmax(Ad, 0)), bl.view(np.fmin(Ad, 0))
+    p, q, ipv, imv = (bl.view(x) for x in (sp, sn, ip, im))
+    out = np.empty(bl.pshape, dtype=Ad.dtype)
+    lead_shape = shape[: len(shape) - n]
+    shift = bl.target((*lead_shape, *(1,) * n), Ad.dtype)
+    t = bl.buffer(Ad.dtype)
+    for idx in bl:
+        ob = out[idx]
+        tb = t[: ob.shape[0]] if bl.split else t
+        for half, i in ((pos, ipv), (neg, imv)):
+            if i is not None:
+                np.multiply(half[idx], i[idx], out=tb)
+                bl.add_into(shift, idx, tb)
+        np.multiply(pos[idx], p[idx], out=ob)
+        np.multiply(neg[idx], q[idx], out=tb)
+        ob += tb
+    return bl.back(out, shape), bl.back(shift, lead_shape)
+
+
+def _backstep_vjp_blocks(Ad, g, pos, neg, wanted, shape):
+    """(dA, dpos, dneg) of A+ pos + A- neg for the cotangent g, in blocks.
+
+    The blocks follow g's memory order, or A's for a cotangent spread over summed axes.
+    Rows A shared by a batch (smaller than A') sum their cotangent block by block.
+    """
+    bl = _Blocks(shape, _memory_order(g if g.shape == shape else Ad, shape), Ad.itemsize)
+    a, gv = bl.view(Ad, copy=False), bl.view(g, copy=False)
+    p, q = bl.view(pos), bl.view(neg)
+    shared = Ad.shape != shape
+    dA = None
+    if wanted[0]:
+        dA = bl.target(Ad.shape, g.dtype) if shared else np.empty(bl.pshape, dtype=g.dtype)
+    dpos = bl.target(pos.shape, g.dtype) if wanted[1] else None
+    dneg = bl.target(neg.shape, g.dtype) if wanted[2] else None
+    t, u = bl.buffer(g.dtype), bl.buffer(g.dtype)
+    mask = np.empty(bl.block, dtype=bool)
+    zero = np.zeros(bl.block, dtype=Ad.dtype)
+    for idx in bl:
+        ab, gb = a[idx], gv[idx]
+        k = ab.shape[0] if bl.split else None
+        tb, ub, mb, zb = t[:k], u[:k], mask[:k], zero[:k]
+        if dpos is not None:
+            np.fmax(ab, zb, out=tb)
+            np.multiply(tb, gb, out=tb)
+            bl.add_into(dpos, idx, tb)
+        if dneg is not None:
+            np.fmin(ab, zb, out=tb)
+            np.multiply(tb, gb, out=tb)
+            bl.add_into(dneg, idx, tb)
+        if dA is not None:
+            # g pos where A > 0, g neg elsewhere: (g 1[A > 0]) pos + (g - g 1[A > 0]) neg
+            np.greater(ab, zb, out=mb)
+            np.multiply(gb, mb, out=tb)
+            np.subtract(gb, tb, out=ub)
+            if p is not None:
+                np.multiply(tb, p[idx], out=tb)
+            if q is not None:
+                np.multiply(ub, q[idx], out=ub)
+            if p is not None and q is not None:
+                np.add(tb, ub, out=tb)
+            part = tb if p is not None else ub
+            if shared:
+                bl.add_into(dA, idx, part)
+            else:
+                dA[idx] = part
+    return (
+        None if dA is None else bl.back(dA, Ad.shape if shared else shape),
+        None if dpos is None else bl.back(dpos, pos.shape),
+        None if dneg is None else bl.back(dneg, neg.shape),
+    )
+
+
+__all__ += ["relu_backstep"]

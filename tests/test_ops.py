@@ -348,6 +348,7 @@ def test_conv_blocks_of_one_row_give_the_same_values_and_gradients(case, rng, mo
     u = rng.standard_normal(ops.conv2d(x, W, s, p).shape)
     whole = ops.conv2d(x, W, s, p), ops.conv2d_T(u, W, s, p, in_hw=(H, W_))
     monkeypatch.setattr(ops, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(ops, "_KEEP_COLS_BYTES", 0)  # the weight gradient remakes them too
     np.testing.assert_allclose(ops.conv2d(x, W, s, p), whole[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ops.conv2d_T(u, W, s, p, in_hw=(H, W_)), whole[1], rtol=1e-12)
     check_vjp(lambda x, W: ops.conv2d(x, W, s, p), [x, W], rng)
@@ -357,7 +358,29 @@ def test_conv_blocks_of_one_row_give_the_same_values_and_gradients(case, rng, mo
 @pytest.mark.parametrize("shared", [True, False])
 def test_population_conv_in_blocks_of_one_member(shared, rng, monkeypatch):
     monkeypatch.setattr(ops, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(ops, "_KEEP_COLS_BYTES", 0)
     test_population_conv_equals_member_convs(shared, rng)
+
+
+@pytest.mark.parametrize("lead", ["none", "shared", "member"])
+def test_kept_columns_give_the_remade_columns_weight_gradient(lead, rng, monkeypatch):
+    P, B, C, H, O, k, s, p = 3, 4, 2, 9, 5, 4, 2, 1
+    W = rng.standard_normal((O, C, k, k) if lead == "none" else (P, O, C, k, k))
+    xs = {"none": (B, C, H, H), "shared": (1, B, C, H, H), "member": (P, B, C, H, H)}[lead]
+    x = rng.standard_normal(xs)
+    u = rng.standard_normal(ops.conv2d(x, W, s, p).shape)
+
+    def grads():
+        xt, Wt = Tensor(x, requires_grad=True), Tensor(W, requires_grad=True)
+        out = ops.conv2d(xt, Wt, s, p)
+        out.backward(u)
+        return out.data, xt.grad, Wt.grad
+
+    kept = grads()
+    monkeypatch.setattr(ops, "_KEEP_COLS_BYTES", 0)
+    remade = grads()
+    for a, b in zip(kept, remade):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_reads_any_memory_layout_and_returns_batch_last(rng):
@@ -422,3 +445,70 @@ def test_contiguous_copy_of_a_transposed_array(rng):
         assert out.flags.c_contiguous
         np.testing.assert_array_equal(out, view)
     assert isinstance(tune_allocator(), bool)
+
+
+# ---------------------------------------------------------------- relu_backstep
+
+
+def _backstep_reference(A, s_pos, s_neg, i_pos, i_neg, n):
+    """The unfused products and sums that relu_backstep replaces."""
+    pos, neg = np.maximum(A, 0), np.minimum(A, 0)
+    axes = tuple(range(-n, 0))
+    shift = (pos * i_pos).sum(axis=axes) + (neg * i_neg).sum(axis=axes)
+    return pos * s_pos + neg * s_neg, shift
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_relu_backstep_values_and_vjp(batch_last, shared, rng, monkeypatch):
+    # rows first (S, B, C, H, W) with per-sample fields (1, B, C, H, W); small blocks so
+    # that the blocked kernel loops over several prefixes and chunks
+    monkeypatch.setattr(ops, "_SIGN_BLOCK_BYTES", 256)
+    S, B, shape = 3, 4, (2, 3, 5)
+    A = away_from_zero(rng, (S, 1 if shared else B, *shape))
+    if batch_last:
+        A = np.ascontiguousarray(np.moveaxis(A, (0, 1), (-2, -1)))
+        A = np.moveaxis(A, (-2, -1), (0, 1))
+    fields = [rng.standard_normal((1, B, *shape)) for _ in range(4)]
+    out, shift = ops.relu_backstep(A, *fields, 3)
+    ref_out, ref_shift = _backstep_reference(A, *fields, 3)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-12)
+    np.testing.assert_allclose(shift, ref_shift, rtol=1e-12)
+    # both outputs at once: <u, out> + <w, shift> as one scalar function of every input
+    u = rng.standard_normal(out.shape)
+    w = rng.standard_normal(shift.shape)
+
+    def f(A, s_pos, s_neg, i_pos, i_neg):
+        o, sh = ops.relu_backstep(A, s_pos, s_neg, i_pos, i_neg, 3)
+        return ops.add(ops.sum(ops.mul(o, u)), ops.sum(ops.mul(sh, w)))
+
+    check_vjp(f, [A, *fields], rng)
+
+
+def test_relu_backstep_shift_only_and_missing_intercepts(rng, monkeypatch):
+    monkeypatch.setattr(ops, "_SIGN_BLOCK_BYTES", 512)
+    A = away_from_zero(rng, (3, 4, 6, 5))
+    lo, hi = rng.standard_normal((1, 4, 6, 5)), rng.standard_normal((1, 4, 6, 5))
+    out, shift = ops.relu_backstep(A, None, None, lo, hi, 2)
+    assert out is None
+    np.testing.assert_allclose(shift, _backstep_reference(A, 0, 0, lo, hi, 2)[1], rtol=1e-12)
+    check_vjp(lambda A, lo, hi: ops.relu_backstep(A, None, None, lo, hi, 2)[1], [A, lo, hi], rng)
+    s = rng.standard_normal((4, 6, 5))
+    check_vjp(lambda A, i: ops.relu_backstep(A, s, s * 2, None, i, 2)[1], [A, hi], rng)
+    check_vjp(lambda A, s: ops.relu_backstep(A, s, -s, None, None, 2)[0], [A, s], rng)
+
+
+def test_relu_backstep_whole_array_path_matches_the_blocks(rng):
+    # the CuPy path (_backstep_whole and its VJP) run on NumPy arrays against the blocked one
+    A = away_from_zero(rng, (3, 4, 2, 5))
+    s_pos, s_neg, i_neg = (rng.standard_normal((1, 4, 2, 5)) for _ in range(3))
+    g = rng.standard_normal(A.shape)
+    whole = ops._backstep_whole(np, A, s_pos, s_neg, None, i_neg, 2, A.shape)
+    blocks = ops._backstep_blocks(A, s_pos, s_neg, None, i_neg, 2, A.shape)
+    for w, b in zip(whole, blocks):
+        np.testing.assert_allclose(w, b, rtol=1e-12)
+    wanted = [True, True, True]
+    whole = ops._backstep_vjp_whole(A, g, s_pos, s_neg, wanted, A.shape)
+    blocks = ops._backstep_vjp_blocks(A, g, s_pos, s_neg, wanted, A.shape)
+    for w, b in zip(whole, blocks):
+        np.testing.assert_allclose(w, b, rtol=1e-12)

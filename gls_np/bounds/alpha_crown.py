@@ -147,12 +147,12 @@ def lower_bound(net, theta, box: Box, C, pre: dict, alpha: dict):
     for i, b in pre.items():
         rel = relax.deeppoly(b.lb, b.ub)
         _, unstable = relax.split(b.lb, b.ub)
-        # (B, 1, *shape) masks and exact slopes, broadcast over the rows of alpha
-        rows = (slice(None), None)
-        slope_l = ops.where(unstable[rows], alpha[i], rel.slope_l[rows])
+        # back-substitution holds rows first: alpha (B, S, *shape) -> (S, B, *shape), and
+        # (1, B, *shape) masks and exact slopes, broadcast over its rows
+        slope_l = ops.where(unstable[None], ops.swapaxes(alpha[i], 0, 1), rel.slope_l[None])
         rels[i] = relax.LinearRelaxation(slope_l, rel.icpt_l, rel.slope_u, rel.icpt_u)
     head = fold_spec(net.layers[-1], params[-1], C)
-    lin = crown.LinearBounds(head.W, head.b, None, None)
+    lin = crown.LinearBounds(ops.swapaxes(head.W, 0, 1), ops.swapaxes(head.b, 0, 1), None, None)
     shapes = net.shapes(input_shape(box))
     lin = crown.backsubstitute(net.layers[:-1], params, shapes, pre, lin, rels)
     return crown.concretize(lin, box).lb

@@ -31,7 +31,10 @@ back-substitution step already proves stable is not back-substituted further
 (``_one_step``). All three give the same bounds as dense rows.
 
 Memory. A has one row per bounded quantity and one column per neuron of the
-layer it has reached: (*lead, B, S, *layer_shape). Rows (and, when one row of
+layer it has reached: (*lead, S, B, *layer_shape), rows first, so that a
+convolution's batch-last memory order (C, H, W, S, B) keeps the samples
+innermost and the relaxation's per-sample fields broadcast over the rows as
+whole contiguous runs (docs/relaxations.md, "Memory passes"). Rows (and, when one row of
 the whole batch is too large, samples) are processed in chunks sized to a
 memory budget. When the whole computation would not fit the budget on one tape,
 each chunk goes through ``ops.recompute``: the tape keeps only its result, and
@@ -54,7 +57,6 @@ from .spec import (
     cat,
     fold_spec,
     input_shape,
-    matvec,
     numel,
     plan_chunks,
     slices,
@@ -67,7 +69,7 @@ from .spec import (
 class LinearBounds:
     """A_l h + b_l <= y <= A_u h + b_u for every h in the set of a layer's input.
 
-    Shapes: A_l, A_u (*lead, B or 1, S, *layer_shape); b_l, b_u (*lead, B or 1, S).
+    Shapes: A_l, A_u (*lead, S, B or 1, *layer_shape); b_l, b_u (*lead, S, B or 1).
     Or, for rows that are the neurons of a conv layer, A_l and A_u are ``Patches``
     (only each row's window, ``patches.py``) and b_l, b_u (*lead, B or 1, O, Hk, Wk).
     Before the first ReLU is crossed the two sides coincide and share one array.
@@ -86,27 +88,32 @@ def _bias_dot(A, b, out_ndim: int):
     ones = tuple(ax - out_ndim for ax, n in enumerate(bd.shape[bd.ndim - out_ndim :]) if n == 1)
     if ones:
         # a bias constant over some axes (a conv's (O, 1, 1)): sum A over them first
-        A = ops.sum(A, axis=ones, keepdims=True)
+        A = _sum_in_memory_order(A, ones)
     nlead = bd.ndim - out_ndim
     prod = ops.mul(A, ops.reshape(b, (*bd.shape[:nlead], 1, 1, *bd.shape[nlead:])))
     return ops.sum(prod, axis=tuple(range(-out_ndim, 0)))
 
 
-def _dot(A, v, layer_ndim: int):
-    """Compute <A[s], v> for every row s.
+def _sum_in_memory_order(A, axes):
+    """Sum A over ``axes`` (keeping them, size 1), taped so that the cotangent keeps A's layout.
 
-    Shapes: A (*lead, B or 1, S, *shape), v (*lead, B, *shape) -> (*lead, B, S).
+    ``ops.sum`` spreads its cotangent as a C-contiguous array; summed in A's memory
+    order (a transposed view), that array has A's own layout (a convolution's
+    batch-last one), and adding it to A's other cotangent needs no transposing pass.
     """
-    Ad, vd = data(A), data(v)
-    n = numel(Ad.shape[Ad.ndim - layer_ndim :])
-    A2 = ops.reshape(A, (*Ad.shape[: Ad.ndim - layer_ndim], n))
-    return matvec(A2, ops.reshape(v, (*vd.shape[: vd.ndim - layer_ndim], n)))
+    Ad = data(A)
+    axes = tuple(ax % Ad.ndim for ax in axes)
+    order = tuple(sorted(range(Ad.ndim), key=lambda ax: -Ad.strides[ax]))
+    summed = ops.sum(
+        ops.transpose(A, order), axis=tuple(order.index(ax) for ax in axes), keepdims=True
+    )
+    return ops.transpose(summed, tuple(order.index(ax) for ax in range(Ad.ndim)))
 
 
 def affine_T(layer, p, in_shape, out_shape, lin: LinearBounds) -> LinearBounds:
     """Back through an affine layer y = W x + b: A <- W^T A, b_A <- b_A + <A, b>.
 
-    Shapes: A (*lead, B, S, *out) -> (*lead, B, S, *in), or patches on the layer's
+    Shapes: A (*lead, S, B, *out) -> (*lead, S, B, *in), or patches on the layer's
     output map -> patches on its input (``patches.conv_T``). Sound because exact.
     """
     b = layer.bias(p, lin.b_l)
@@ -152,8 +159,8 @@ def _each_side(lin: LinearBounds, side) -> LinearBounds:
 def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> LinearBounds:
     """Back through a ReLU with the relaxation ``rel`` of its input bounds.
 
-    Shapes: A (*lead, B or 1, S, *shape) -> (*lead, B, S, *shape); the fields of ``rel`` are
-    (*lead, B, *shape), shared by the rows, except that the slopes may be (*lead, B, S, *shape),
+    Shapes: A (*lead, S, B or 1, *shape) -> (*lead, S, B, *shape); the fields of ``rel`` are
+    (*lead, B, *shape), shared by the rows, except that the slopes may be (*lead, S, B, *shape),
     one per row (alpha-CROWN). Patches take each row's window of the fields.
     Math: A_l <- A_l+ s_l + A_l- s_u; b_l <- b_l + <A_l+, i_l> + <A_l-, i_u>;
     A_u <- A_u+ s_u + A_u- s_l; b_u <- b_u + <A_u+, i_u> + <A_u-, i_l>.
@@ -172,11 +179,6 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
                 windows[id(a)] = patches.window(a, P)
             return windows[id(a)]
 
-        def dot(A, v):
-            Q = P.with_A(A)
-            # a shared patch dots by a convolution; otherwise both sides share the window
-            return patches.dot(Q, v, None if patches.shared(Q, data(A).ndim - 7) else view(v))
-
         def wrap(A):
             return P.with_A(A, clean=True)
 
@@ -184,49 +186,62 @@ def relu_T(rel: relax.LinearRelaxation, layer_ndim: int, lin: LinearBounds) -> L
     else:
 
         def view(a):
-            # (*lead, B, *shape) -> (*lead, B, 1, *shape): one value per neuron, shared by the rows
+            # (*lead, B, *shape) -> (*lead, 1, B, *shape): one value per neuron, shared by the rows
             ad = data(a)
             if ad.ndim == data(lin.A_l).ndim:
                 return a
-            k = ad.ndim - layer_ndim
+            k = ad.ndim - layer_ndim - 1
             return ops.reshape(a, (*ad.shape[:k], 1, *ad.shape[k:]))
-
-        def dot(A, v):
-            return _dot(A, v, layer_ndim)
 
         def wrap(A):
             return A
 
         A_l, A_u = lin.A_l, lin.A_u
 
+    # the layer axes of a row: a patch's (C, p, p), or the layer's own
+    n = 3 if isinstance(lin.A_l, Patches) else layer_ndim
+    # a patch shared by every sample and position dots with a whole map by a convolution
+    by_conv = isinstance(lin.A_l, Patches) and patches.shared(P, data(P.A).ndim - 7)
     s_l, s_u = view(rel.slope_l), view(rel.slope_u)
     # DeepPoly's lower intercepts are 0: their dots would add exact zeros
     i_l = None if _is_zero(rel.icpt_l) else rel.icpt_l
     i_u = None if _is_zero(rel.icpt_u) else rel.icpt_u
+    if not by_conv:
+        i_l, i_u = (None if i is None else view(i) for i in (i_l, i_u))
 
-    def signs(A):
-        A_pos = ops.relu(A)
-        return A_pos, ops.sub(A, A_pos)
-
-    def side(A_pos, A_neg, bias, s_pos, i_pos, s_neg, i_neg):
-        A_new = ops.add(ops.mul(A_pos, s_pos), ops.mul(A_neg, s_neg))
-        for A, i in ((A_pos, i_pos), (A_neg, i_neg)):
-            if i is not None:
-                bias = ops.add(bias, dot(A, i))
+    def side(A, bias, s_pos, i_pos, s_neg, i_neg):
+        if by_conv:
+            A_new, _ = ops.relu_backstep(A, s_pos, s_neg, None, None, n)
+            A_pos = ops.relu(A)
+            for half, i in ((A_pos, i_pos), (ops.sub(A, A_pos), i_neg)):
+                if i is not None:
+                    bias = ops.add(bias, patches.dot(P.with_A(half), i))
+            return wrap(A_new), bias
+        # one fused pass (ops.relu_backstep): A+ s_pos + A- s_neg and <A+, i_pos> + <A-, i_neg>
+        A_new, shift = ops.relu_backstep(A, s_pos, s_neg, i_pos, i_neg, n)
+        if i_pos is not None or i_neg is not None:
+            bias = ops.add(bias, shift)
         return wrap(A_new), bias
 
-    pos_neg_l = signs(A_l)
-    new_A_l, b_l = side(*pos_neg_l, lin.b_l, s_l, i_l, s_u, i_u)
+    new_A_l, b_l = side(A_l, lin.b_l, s_l, i_l, s_u, i_u)
     if A_u is None:
         return LinearBounds(new_A_l, b_l, None, None)
-    pos_neg_u = pos_neg_l if A_u is A_l else signs(A_u)
-    new_A_u, b_u = side(*pos_neg_u, lin.b_u, s_u, i_u, s_l, i_l)
+    new_A_u, b_u = side(A_u, lin.b_u, s_u, i_u, s_l, i_l)
     return LinearBounds(new_A_l, b_l, new_A_u, b_u)
 
 
 def _is_zero(a) -> bool:
-    """Tell whether ``a`` is a constant array of zeros (not on the tape): its products vanish."""
-    return not needs_grad(a) and not bool(get_xp(data(a)).any(data(a)))
+    """Tell whether ``a`` is a constant array of zeros (not on the tape): its products vanish.
+
+    A broadcast constant (every stride 0, as ``relax.deeppoly``'s lower intercept) is
+    checked by its one stored value instead of a pass over the whole array.
+    """
+    if needs_grad(a):
+        return False
+    ad = data(a)
+    if ad.size and not any(ad.strides):
+        return not bool(ad[(0,) * ad.ndim])
+    return not bool(get_xp(ad).any(ad))
 
 
 def backsubstitute(
@@ -272,24 +287,30 @@ def patches_pay(layer, size: int, in_shape) -> bool:
 
 
 def to_dense(lin: LinearBounds, map_shape) -> LinearBounds:
-    """Patches on a map (C, H, W) -> the same rows as dense coefficients (exact)."""
+    """Patches on a map (C, H, W) -> the same rows as dense coefficients (exact).
+
+    Shapes: rows (*lead, B or 1, O, Hk, Wk) -> dense rows first, (*lead, O Hk Wk, B or 1, ...).
+    """
     rows_hw = lin.A_l.rows_hw
 
     def side(P, bias):
-        return patches.to_dense(P, map_shape), patches.dense_bias(bias, rows_hw)
+        A = ops.swapaxes(patches.to_dense(P, map_shape), -5, -4)
+        return A, ops.swapaxes(patches.dense_bias(bias, rows_hw), -1, -2)
 
     return _each_side(lin, side)
 
 
 def concretize(lin: LinearBounds, box: Box) -> Box:
-    """Bound ``lin`` over the input ``box``: A_l c - |A_l| r + b_l, A_u c + |A_u| r + b_u.
+    """Bound ``lin`` over the input ``box``: A_l+ l + A_l- u + b_l, A_u+ u + A_u- l + b_u.
 
-    Shapes: A (*lead, B or 1, S, *in), box (*lead, B, *in) -> Box (*lead, B, S); its ub is
+    Shapes: A (*lead, S, B or 1, *in), box (*lead, B, *in) -> Box (*lead, B, S); its ub is
     None for a lower-only ``lin``. Patches (rows (O, Hk, Wk)) give S = O Hk Wk.
-    Sound: max over |x - c| <= r of A x is A c + |A| r (each coordinate at its best end).
+    Sound: each coordinate of x in [l, u] is at its worst end for A x: l where the
+    coefficient is positive, u where negative (= A c - |A| r with centre c, radius r).
     """
-    c, r = box.center, box.radius
     if isinstance(lin.A_l, Patches):
+        # as A c -+ |A| r: a shared patch dots by a convolution, others by their windows
+        c, r = box.center, box.radius
         rows_hw = lin.A_l.rows_hw
         windows = {}
 
@@ -299,29 +320,30 @@ def concretize(lin: LinearBounds, box: Box) -> Box:
                 windows[id(v)] = patches.window(v, P)
             return patches.dot(P, v, windows.get(id(v)))
 
-        def magnitude(P):
-            return P.with_A(ops.abs(P.A))
-
-        def flat(a):
-            return patches.dense_bias(a, rows_hw)
+        def bound(P, b, sign):
+            spread = dot(P.with_A(ops.abs(P.A)), r)
+            center = dot(P, c)
+            value = ops.add(center, spread) if sign > 0 else ops.sub(center, spread)
+            return patches.dense_bias(ops.add(value, b), rows_hw)
 
     else:
-        nd = len(input_shape(box))
+        n = len(input_shape(box))
+        # (*lead, B, *in) -> (*lead, 1, B, *in): one box for every row
+        ends = tuple(
+            ops.reshape(e, (*data(e).shape[: -n - 1], 1, *data(e).shape[-n - 1 :]))
+            for e in (box.lb, box.ub)
+        )
 
-        def dot(A, v):
-            return _dot(A, v, nd)
+        def bound(A, b, sign):
+            lo, hi = ends if sign < 0 else ends[::-1]
+            # one fused pass: <A+, lo> + <A-, hi> (ops.relu_backstep without its slopes)
+            _, value = ops.relu_backstep(A, None, None, lo, hi, n)
+            return ops.swapaxes(ops.add(value, b), -1, -2)
 
-        def magnitude(A):
-            return ops.abs(A)
-
-        def flat(a):
-            return a
-
-    lb = ops.add(ops.sub(dot(lin.A_l, c), dot(magnitude(lin.A_l), r)), lin.b_l)
+    lb = bound(lin.A_l, lin.b_l, -1)
     if lin.A_u is None:
-        return Box(flat(lb), None)
-    ub = ops.add(ops.add(dot(lin.A_u, c), dot(magnitude(lin.A_u), r)), lin.b_u)
-    return Box(flat(lb), flat(ub))
+        return Box(lb, None)
+    return Box(lb, bound(lin.A_u, lin.b_u, +1))
 
 
 # ---------------------------------------------------------------- the two methods
@@ -482,8 +504,8 @@ def _backsubstituted(
             bounds = {i: Box(pre_flat[2 * j], pre_flat[2 * j + 1]) for j, i in enumerate(order)}
             if head:
                 hd = fold_spec(net.layers[-1], params[-1], C)
-                A = ops.getitem(hd.W, (Ellipsis, units, slice(None)))
-                b = ops.getitem(hd.b, (Ellipsis, units))
+                A = _rows_first(ops.getitem(hd.W, (Ellipsis, units, slice(None))), 1)
+                b = _rows_first(ops.getitem(hd.b, (Ellipsis, units)), 0)
             elif patched:
                 A, b = patches.eye(lo, nlead, shape, units)
             else:
@@ -593,11 +615,30 @@ def _take(a, axis: int, bs: slice, B: int):
     return ops.getitem(a, (slice(None),) * axis + (bs,))
 
 
+def _rows_first(a, layer_ndim: int):
+    """(*lead, B, S, *shape) -> (*lead, S, B, *shape), in the memory order (*lead, *shape, S, B).
+
+    The spec's rows W' = C W come out of their GEMM sample-major; a convolution before the
+    last ReLU wants the samples innermost, so they are copied once here (small: S rows
+    of the last hidden layer) rather than read across cache lines in every later pass.
+    """
+    ad = data(a)
+    nb = ad.ndim - layer_ndim - 2
+    rows = ops.swapaxes(a, nb, nb + 1)
+    if layer_ndim == 0 or ad.shape[nb] == 1:
+        return rows
+    order = (*range(nb), *range(nb + 2, ad.ndim), nb, nb + 1)
+    moved = ops.transpose(rows, order)
+    copied = ops.broadcast_to(moved, data(moved).shape)  # a C-contiguous copy
+    inverse = tuple(sorted(range(ad.ndim), key=order.__getitem__))
+    return ops.transpose(copied, inverse)
+
+
 def _identity_rows(like, nlead: int, shape, rows):
     """Rows ``rows`` of the identity on a layer: the start of back-substitution for its neurons.
 
     ``rows`` is a slice or an index array of neurons.
-    Shapes: -> A (*lead, 1, n, *shape), b (*lead, 1, n) with lead = (1,) in a population.
+    Shapes: -> A (*lead, n, 1, *shape), b (*lead, n, 1) with lead = (1,) in a population.
     """
     xp = get_xp(data(like))
     N = numel(shape)
@@ -605,8 +646,8 @@ def _identity_rows(like, nlead: int, shape, rows):
     lead = (1,) * nlead
     eye = xp.zeros((len(picked), N), dtype=data(like).dtype)
     eye[xp.arange(len(picked)), picked] = 1
-    return eye.reshape(*lead, 1, len(picked), *shape), xp.zeros(
-        (*lead, 1, len(picked)), dtype=data(like).dtype
+    return eye.reshape(*lead, len(picked), 1, *shape), xp.zeros(
+        (*lead, len(picked), 1), dtype=data(like).dtype
     )
 
 

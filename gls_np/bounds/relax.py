@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .. import ops
 from ..backend import Array, get_xp
-from ..tensor import data
+from ..tensor import data, needs_grad
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,25 @@ def deeppoly(lb, ub) -> LinearRelaxation:
     (u, u), and above both 0 and v, hence above lambda v for lambda in {0, 1}.
     """
     l, u = data(lb), data(ub)
+    xp = get_xp(l)
     active, unstable = split(l, u)
-    # the chord is only formed where it is defined; elsewhere the masks pick the exact line
-    width = ops.where(unstable, ops.sub(ub, lb), 1.0)
-    chord = ops.div(ops.where(unstable, ub, 0.0), width)
-    slope_u = ops.where(active, 1.0, chord)
-    icpt_u = ops.neg(ops.mul(chord, ops.where(unstable, lb, 0.0)))
     lam = active | (unstable & (u > -l))
     slope_l = lam.astype(l.dtype)
-    icpt_l = get_xp(l).zeros_like(l)
+    # one stored zero, broadcast: consumers see that the intercept vanishes without a pass
+    icpt_l = xp.broadcast_to(xp.zeros((), dtype=l.dtype), l.shape)
+    if needs_grad(lb) or needs_grad(ub):
+        # the chord is only formed where it is defined; elsewhere the masks pick the exact line
+        width = ops.where(unstable, ops.sub(ub, lb), 1.0)
+        chord = ops.div(ops.where(unstable, ub, 0.0), width)
+        slope_u = ops.where(active, 1.0, chord)
+        icpt_u = ops.neg(ops.mul(chord, ops.where(unstable, lb, 0.0)))
+        return LinearRelaxation(slope_l, icpt_l, slope_u, icpt_u)
+    # the same values off the tape, with the masks as 0/1 factors (where() branches per
+    # element): x * 1 = x and x * 0 = 0 exactly, so only the sign of a zero can differ
+    m = unstable.astype(l.dtype)
+    chord = u * m
+    chord /= (u - l) * m + (1 - m)
+    slope_u = chord + active
+    icpt_u = chord * l
+    xp.negative(icpt_u, out=icpt_u)
     return LinearRelaxation(slope_l, icpt_l, slope_u, icpt_u)
