@@ -416,7 +416,7 @@ def crown_ibp(net, theta, box: Box, C=None, budget_bytes: float = 4e9, upper: bo
     Returns ``(out, pre)`` like ``ibp.ibp``; ``upper=False`` back-substitutes only the
     lower side of the output (``out.ub`` is None).
     """
-    _, pre = ibp_domain.ibp(net, theta, box, C)
+    _, pre = ibp_domain.ibp(net, theta, box)
     k = len(net.layers) - 1
     recompute = _footprint(net, theta, box, C, [k], False) > budget_bytes
     out = _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute, False, upper=upper)
