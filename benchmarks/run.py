@@ -205,16 +205,25 @@ def worker(spec: dict) -> dict:
     kind, _, grad = spec["workload"].partition("+")
     mode, _, method = kind.partition(":")
     networks = 1
-    if mode in ("pgpe-vec", "pgpe-loop"):
+    if mode in ("pgpe-vec", "pgpe-chunked", "pgpe-loop"):
+        from gls_np.memory import budget_gb
+
         loss = objectives.make(method, net)
-        thetas = net.theta + 1e-3 * rng.standard_normal(
-            (spec["popsize"], net.n_params), dtype=np.float32
+        P = spec["popsize"]
+        thetas = net.theta + 1e-3 * rng.standard_normal((P, net.n_params), dtype=np.float32)
+        # vec: one call; chunked: the trainer's members per call (--pop-chunk 0); loop: one each
+        chunk = {"pgpe-vec": P, "pgpe-loop": 1}.get(mode) or objectives.population_chunk(
+            net, method, x.shape, P, budget_gb(0)
         )
-        if mode == "pgpe-vec":
-            fn = lambda: loss(thetas, x, y, spec["eps"], net.theta, rng)  # noqa: E731
-        else:
-            fn = lambda: [loss(t, x, y, spec["eps"], net.theta, rng) for t in thetas]  # noqa: E731
-        networks = spec["popsize"]
+        spec = {**spec, "chunk": chunk}
+
+        def fn():
+            return [
+                loss(thetas[i : i + chunk], x, y, spec["eps"], net.theta, rng)
+                for i in range(0, P, chunk)
+            ]
+
+        networks = P
     elif mode in ("grad-step", "rgs-step"):
         fn, networks = training_step(spec, net, x, y)
     elif kind == "forward":
@@ -386,11 +395,19 @@ def print_pgpe_summary(rows: list) -> None:
         loop = done.get((arch, dataset, f"pgpe-loop:{method}"))
         if mode != "pgpe-vec" or loop is None:
             continue
-        print(
+        line = (
             f"pgpe: {arch} {dataset:<13} {method:<9} P={vec['popsize']}: vectorised "
             f"{vec['images_per_s']:,.0f} vs loop {loop['images_per_s']:,.0f} network-images/s, "
             f"vec/loop {vec['images_per_s'] / loop['images_per_s']:.2f}x"
         )
+        chunked = done.get((arch, dataset, f"pgpe-chunked:{method}"))
+        if chunked is not None:
+            rate = chunked["images_per_s"]
+            line += (
+                f"; the trainer's {chunked['chunk']} members per call "
+                f"{rate:,.0f} ({rate / loop['images_per_s']:.2f}x)"
+            )
+        print(line)
 
 
 def run_workload(spec: dict, timeout: float) -> dict:
@@ -442,7 +459,7 @@ def plan(args) -> list:
         if "pgpe" in groups and arch == "cnn3":
             # network-images/s of one PGPE fitness evaluation: vectorised population vs a loop
             for m in args.pgpe_methods.split(","):
-                for mode in ("pgpe-vec", "pgpe-loop"):
+                for mode in ("pgpe-vec", "pgpe-chunked", "pgpe-loop"):
                     specs.append(
                         {
                             **base,

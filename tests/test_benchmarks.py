@@ -72,7 +72,7 @@ def test_plan_train_group_has_grad_and_rgs_steps(bench):
 def test_plan_pgpe_group_pairs_vec_and_loop_for_deeppoly(bench):
     rows = planned(bench, "--only", "pgpe", "--datasets", "mnist")
     names = [w for w, *_ in rows]
-    assert {"pgpe-vec:deeppoly", "pgpe-loop:deeppoly"} <= set(names)
+    assert {"pgpe-vec:deeppoly", "pgpe-chunked:deeppoly", "pgpe-loop:deeppoly"} <= set(names)
     assert {a for _, a, _, _ in rows} == {"cnn3"}
 
 

@@ -103,6 +103,15 @@ def test_population_chunk_grows_with_the_budget_within_one_and_the_population(re
     assert per <= double <= 2 * per
 
 
+def test_back_substitution_scores_a_few_members_per_call(setup):
+    net, x, _ = setup
+    shape = lambda b: (b, *x.shape[1:])  # noqa: E731
+    assert objectives.population_chunk(net, "deeppoly", shape(512), 64, 1e6) == 1
+    assert objectives.population_chunk(net, "crown-ibp", shape(128), 64, 1e6) == 4
+    assert objectives.population_chunk(net, "deeppoly", shape(2048), 64, 1e6) == 1
+    assert objectives.population_chunk(net, "ibp", shape(512), 64, 1e6) == 64
+
+
 def test_member_bytes_leave_self_chunked_bounds_their_share(setup):
     net, x, _ = setup
     ibp = objectives.member_bytes(net, "ibp", x.shape)
