@@ -171,3 +171,18 @@ def test_pgpe_auto_chunks_give_the_losses_of_one_call_and_of_single_calls(relax,
     )
     assert mean == pytest.approx(mean_1, rel=1e-12)
     np.testing.assert_allclose(after["center"], after_1["center"], rtol=1e-12, atol=1e-15)
+
+
+def test_default_budget_is_picked_from_free_memory(setup, monkeypatch):
+    net, x, y = setup
+    told = []
+    real = bounds.compute
+
+    def spy(*args, **kw):
+        told.append(kw["max_memory_gb"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(bounds, "compute", spy)
+    monkeypatch.setattr(objectives, "budget_gb", lambda gb: 7.0 if gb == 0 else gb)
+    objectives.make("crown-ibp", net)(net.theta, x, y, 0.05, net.theta, None)
+    assert told == [7.0 * objectives.BOUND_SHARE]
