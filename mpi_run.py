@@ -235,7 +235,8 @@ def build_parser():
         "--pop-chunk",
         type=int,
         help="evaluate at most N population members at once "
-        "(0 = as many as fit --max-memory-gb); default 0",
+        "(0 = as many as fit --max-memory-gb; crown-ibp/deeppoly: about 512 network-images "
+        "per call); default 0",
     )
     s("--rgs-samples", type=int, help=f"RGS perturbed points per step; default {d.rgs_samples}")
 

@@ -7,8 +7,8 @@ Three optimizers share one loop; each is a small ``Method`` (init, step):
 - ``rgs``: the mean gradient at ``rgs_samples`` points theta + N(0, sigma^2)
   (paper Sec. 3.4), Adam; sigma decays with the learning rate.
 - ``pgpe``: antithetic population theta +- eps, losses of all members in one
-  vectorised pass (``pop_chunk`` members at a time; 0: as many as fit the memory
-  budget), centre updated by Adam or ClipUp, sigma adapted (paper Sec. 3.1).
+  vectorised pass (``pop_chunk`` members at a time; 0: ``objectives.population_chunk``,
+  as many as fit the memory budget, fewer for back-substitution), centre updated by Adam or ClipUp, sigma adapted (paper Sec. 3.1).
 
 Memory: ``--max-memory-gb 0`` (the default) is resolved once, when the run starts, to a
 budget picked from free memory (``gls_np.memory``; rank 0's pick, for every rank); the
@@ -159,7 +159,8 @@ def pgpe_method(cfg: Config, comm=None, net=None) -> Method:
     formed: ``allreduce`` sums each rank's share of it (2 D float64 per rank and step),
     ``seeds`` regenerates every pair's noise on every rank (only the P losses travel).
     ``cfg.pop_chunk`` members are scored per call of the loss; 0 takes as many as fit
-    ``cfg.max_memory_gb`` (``objectives.population_chunk``) on ``net``'s shapes (default: a
+    ``cfg.max_memory_gb`` (``objectives.population_chunk``; CROWN-IBP and DeepPoly about
+    512 network-images per call, where they run fastest) on ``net``'s shapes (default: a
     network built from ``cfg.arch`` and ``cfg.dataset``). Chunks give the same losses.
     """
     comm = comm or SingleProcess()
