@@ -200,3 +200,27 @@ def test_a_failing_rank_aborts_the_job_and_a_single_process_resumes(tmp_path, sh
     res = run_cli(*args, "--resume", env_extra=env, tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "epoch 2, step 6" in res.stdout and "ranks 1" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "local,given,expected,word",
+    [
+        ("2", None, "1", "per rank"),  # cores // ranks by default
+        ("2", "8", "1", "oversubscribe"),  # a user count that would oversubscribe is lowered
+        ("1", "1", "1", "as set by the user"),  # one that fits is kept
+    ],
+)
+def test_blas_threads_never_oversubscribe_the_cores(local, given, expected, word, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import mpi_run
+
+    monkeypatch.setattr(mpi_run, "_threads_note", [])
+    monkeypatch.setattr(mpi_run.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", local)
+    for var in mpi_run.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if given is not None:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", given)
+    note = mpi_run.limit_blas_threads()
+    assert word in note
+    assert os.environ["OPENBLAS_NUM_THREADS"] == expected
