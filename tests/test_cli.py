@@ -211,7 +211,7 @@ def test_a_failing_rank_aborts_the_job_and_a_single_process_resumes(tmp_path, sh
     ],
 )
 def test_blas_threads_never_oversubscribe_the_cores(local, given, expected, word, monkeypatch):
-    sys.path.insert(0, str(ROOT))
+    monkeypatch.syspath_prepend(str(ROOT))
     import mpi_run
 
     monkeypatch.setattr(mpi_run, "_threads_note", [])
