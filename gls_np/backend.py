@@ -312,3 +312,20 @@ def unwindows(
                 else:
                     out[(Ellipsis, rs, cs, *tail)] = tap_cols
     return out
+
+
+def patch_view(x: Array, p: int, stride: int, rows_hw: tuple) -> Array:
+    """View the (p, p) window of every row position of a map, without a copy (never written).
+
+    Shapes: x (..., C, H, W) -> (..., C, Hk, Wk, p, p) with (Hk, Wk) = ``rows_hw``;
+    window (i, j) is x[..., i stride : i stride + p, j stride : j stride + p].
+    The caller pads x so that every window lies inside it (H >= (Hk - 1) stride + p).
+    """
+    Hk, Wk = rows_hw
+    H, W = x.shape[-2:]
+    if (Hk - 1) * stride + p > H or (Wk - 1) * stride + p > W:
+        raise ValueError(f"patch_view: {Hk}x{Wk} windows of {p} at stride {stride} overrun {H}x{W}")
+    sh, sw = x.strides[-2:]
+    shape = (*x.shape[:-2], Hk, Wk, p, p)
+    strides = (*x.strides[:-2], sh * stride, sw * stride, sh, sw)
+    return get_xp(x).lib.stride_tricks.as_strided(x, shape, strides)

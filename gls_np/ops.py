@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import contiguous, get_xp, np, unwindows, windows
+from .backend import contiguous, get_xp, np, patch_view, unwindows, windows
 from .tensor import Tensor, data, needs_grad, record
 
 
@@ -1140,3 +1140,42 @@ def _backstep_vjp_blocks(Ad, g, pos, neg, wanted, shape):
 
 
 __all__ += ["relu_backstep"]
+
+
+# ---------------------------------------------------------------- patch windows
+
+
+def patch_windows(m, p: int, stride: int, offset: int, rows_hw: tuple):
+    """Return the (p, p) window of every row position on a map, zero outside it.
+
+    Shapes: m (..., C, H, W) -> (..., 1, Hk, Wk, C, p, p) with (Hk, Wk) = ``rows_hw``;
+    position (i, j) reads rows i stride + offset .. i stride + offset + p - 1 (and the
+    same columns), so a negative offset reads zero padding. One zero-padded copy of the
+    map (small) and one copy of its strided window view into the result.
+    """
+    md = data(m)
+    xp = get_xp(md)
+    Hk, Wk = rows_hw
+    H, W = md.shape[-2:]
+    L_h, L_w = (Hk - 1) * stride + p, (Wk - 1) * stride + p
+    top = max(0, -offset)
+    width = [(0, 0)] * (md.ndim - 2)
+    width += [(top, max(0, offset + L_h - H)), (top, max(0, offset + L_w - W))]
+    padded = xp.pad(md, width) if any(w != (0, 0) for w in width) else md
+    start = offset + top
+    view = patch_view(padded[..., start : start + L_h, start : start + L_w], p, stride, rows_hw)
+    n = md.ndim - 3
+    out = xp.ascontiguousarray(xp.moveaxis(view, n, n + 2))
+    out = out.reshape(*md.shape[:-3], 1, *out.shape[n:])
+
+    def vjp(g):
+        # <g, windows(m)> sums g[i, j, c, a, b] m[c, i S + off + a, j S + off + b]: col2im of g
+        # with padding -off, the taps that read the padding dropped
+        g = g.reshape(out.shape[:n] + out.shape[n + 1 :])
+        cols = g.transpose(*range(n), n + 2, n + 3, n + 4, n, n + 1)
+        return unwindows(cols, H, W, stride, -offset)
+
+    return record(out, (m, vjp))
+
+
+__all__ += ["patch_windows"]

@@ -512,3 +512,48 @@ def test_relu_backstep_whole_array_path_matches_the_blocks(rng):
     blocks = ops._backstep_vjp_blocks(A, g, s_pos, s_neg, wanted, A.shape)
     for w, b in zip(whole, blocks):
         np.testing.assert_allclose(w, b, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- patch_windows
+
+
+def _windows_reference(m, p, S, off, rows_hw):
+    """Every window pixel by pixel from a zero-padded map (the definition)."""
+    Hk, Wk = rows_hw
+    H, W = m.shape[-2:]
+    pad = p + S * max(Hk, Wk) + abs(off)
+    big = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(pad, pad), (pad, pad)])
+    out = np.zeros((*m.shape[:-3], 1, Hk, Wk, m.shape[-3], p, p))
+    for i in range(Hk):
+        for j in range(Wk):
+            r, c = pad + i * S + off, pad + j * S + off
+            out[..., 0, i, j, :, :, :] = big[..., r : r + p, c : c + p]
+    return out
+
+
+@pytest.mark.parametrize("lead", [(), (2,)])
+def test_patch_windows_match_the_definition(lead, rng):
+    for _ in range(60):
+        S, p, off = int(rng.integers(1, 4)), int(rng.integers(1, 8)), int(rng.integers(-4, 3))
+        H, W = (int(n) for n in rng.integers(2, 9, 2))
+        rows_hw = tuple(int(n) for n in rng.integers(1, 6, 2))
+        m = rng.standard_normal((*lead, 3, 2, H, W))
+        out = ops.patch_windows(m, p, S, off, rows_hw)
+        assert out.flags.c_contiguous
+        ref = _windows_reference(m, p, S, off, rows_hw)
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "p,S,off,rows_hw",
+    [
+        (3, 1, -1, (5, 4)),
+        (5, 2, -2, (3, 3)),
+        (2, 3, 1, (2, 2)),
+        (4, 2, 0, (4, 3)),
+        (1, 1, 0, (5, 4)),
+    ],
+)
+def test_patch_windows_vjp(p, S, off, rows_hw, rng):
+    m = rng.standard_normal((2, 3, 2, 5, 4))
+    check_vjp(lambda m: ops.patch_windows(m, p, S, off, rows_hw), [m], rng)

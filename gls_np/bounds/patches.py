@@ -181,29 +181,9 @@ def window(m, P: Patches):
     """Return the window of every row position on the map m, zero outside it.
 
     Shapes: m (*lead, B, C, H, W) -> (*lead, B, 1, Hk, Wk, C, p, p), broadcastable with A.
-    Built from strided slices: the padded map is cut into (S, S) blocks, so a window is
-    ceil(p / S)^2 block slices rather than p^2 pixel slices.
+    One primitive (``ops.patch_windows``): a strided view of the padded map copied once.
     """
-    S, p = P.stride, P.size
-    Hk, Wk = P.rows_hw
-    q = -(-p // S)
-    mr = _blocks(m, P, q)  # (..., C, Hk + q - 1, S, Wk + q - 1, S)
-    lead = data(mr).shape[:-4]
-    pieces = []
-    for u in range(q):
-        for v in range(q):
-            rows = (slice(u, u + Hk), slice(None), slice(v, v + Wk), slice(None))
-            piece = ops.getitem(mr, (Ellipsis, *rows))
-            pieces.append(ops.reshape(piece, (*data(piece).shape, 1)))
-    w = ops.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-    C = lead[-1]
-    w = ops.reshape(w, (*lead[:-1], C, Hk, S, Wk, S, q, q))
-    n = len(lead) - 1
-    w = ops.transpose(w, (*range(n), n + 1, n + 3, n, n + 5, n + 2, n + 6, n + 4))
-    w = ops.reshape(w, (*lead[:-1], 1, Hk, Wk, C, q * S, q * S))
-    if q * S != p:
-        w = ops.getitem(w, (Ellipsis, slice(0, p), slice(0, p)))
-    return w
+    return ops.patch_windows(m, P.size, P.stride, P.offset, P.rows_hw)
 
 
 def _blocks(m, P: Patches, q: int):
