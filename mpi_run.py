@@ -342,16 +342,9 @@ def main(argv=None) -> int:
                 raise
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 2
-        # the other ranks may be waiting in a collective for this one: end them all now
         if os.environ.get("GLS_NP_DEBUG"):
             traceback.print_exc()
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        print(
-            f"{parser.prog}: error: rank {comm.rank}: {type(exc).__name__}: {msg}",
-            file=sys.stderr,
-            flush=True,
-        )
-        comm.abort(2)
+        distributed.abort_all(comm, parser.prog, exc)
     if comm.rank == 0:
         summary = ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()

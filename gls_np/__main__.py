@@ -286,14 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         comm = distributed.world()
         if comm.size == 1:
             raise
-        # the other ranks may wait in a collective for this one: end them all now
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        print(
-            f"gls_np {args.command}: error: rank {comm.rank}: {type(exc).__name__}: {msg}",
-            file=sys.stderr,
-            flush=True,
-        )
-        comm.abort(2)
+        distributed.abort_all(comm, f"gls_np {args.command}", exc)
         return 2
 
 

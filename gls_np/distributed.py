@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 
 from .backend import default_xp, np, set_device, to_host
 
@@ -165,6 +166,21 @@ class MPIComm(SingleProcess):
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (MPI_Abort) with exit status ``code``."""
         self._comm.Abort(code)
+
+
+def abort_all(comm, prog: str, exc: BaseException) -> None:
+    """Print ``prog: error: rank r: Type: first line`` and end every rank of the job (exit 2).
+
+    For an exception on one rank only: the other ranks may wait in a collective for it,
+    so the job is ended rather than left hanging.
+    """
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    print(
+        f"{prog}: error: rank {comm.rank}: {type(exc).__name__}: {msg}",
+        file=sys.stderr,
+        flush=True,
+    )
+    comm.abort(2)
 
 
 class SharedDraws:

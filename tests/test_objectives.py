@@ -125,16 +125,22 @@ def test_member_bytes_leave_self_chunked_bounds_their_share(setup):
         objectives.member_bytes(net, "box", x.shape)
 
 
-def test_bounds_are_told_their_share_of_the_budget(setup, monkeypatch):
-    net, x, y = setup
-    told = []
+@pytest.fixture
+def told(monkeypatch):
+    """The max_memory_gb of every bounds.compute call, in order."""
+    seen = []
     real = bounds.compute
 
     def spy(*args, **kw):
-        told.append(kw["max_memory_gb"])
+        seen.append(kw["max_memory_gb"])
         return real(*args, **kw)
 
     monkeypatch.setattr(bounds, "compute", spy)
+    return seen
+
+
+def test_bounds_are_told_their_share_of_the_budget(setup, told):
+    net, x, y = setup
     objectives.make("deeppoly", net, max_memory_gb=3.0)(net.theta, x, y, 0.05, net.theta, None)
     assert told == [3.0 * objectives.BOUND_SHARE]
 
@@ -173,16 +179,8 @@ def test_pgpe_auto_chunks_give_the_losses_of_one_call_and_of_single_calls(relax,
     np.testing.assert_allclose(after["center"], after_1["center"], rtol=1e-12, atol=1e-15)
 
 
-def test_default_budget_is_picked_from_free_memory(setup, monkeypatch):
+def test_default_budget_is_picked_from_free_memory(setup, told, monkeypatch):
     net, x, y = setup
-    told = []
-    real = bounds.compute
-
-    def spy(*args, **kw):
-        told.append(kw["max_memory_gb"])
-        return real(*args, **kw)
-
-    monkeypatch.setattr(bounds, "compute", spy)
     monkeypatch.setattr(objectives, "budget_gb", lambda gb: 7.0 if gb == 0 else gb)
     objectives.make("crown-ibp", net)(net.theta, x, y, 0.05, net.theta, None)
     assert told == [7.0 * objectives.BOUND_SHARE]

@@ -186,24 +186,22 @@ def window(m, P: Patches):
     return ops.patch_windows(m, P.size, P.stride, P.offset, P.rows_hw)
 
 
-def _blocks(m, P: Patches, q: int):
-    """Zero-pad the map and cut it into (S, S) blocks so that row position i starts at block i.
+def _framed(m, P: Patches, L_h: int, L_w: int):
+    """Zero-pad and crop the map to the L_h x L_w frame whose corner is row position 0's.
 
-    Shapes: m (..., C, H, W) -> (..., C, Hk + q - 1, S, Wk + q - 1, S).
+    Shapes: m (..., C, H, W) -> (..., C, L_h, L_w); frame pixel (a, b) is map pixel
+    (a + offset, b + offset), zero outside the map.
     """
-    S, off = P.stride, P.offset
-    Hk, Wk = P.rows_hw
+    off = P.offset
     md = data(m)
     H, W = md.shape[-2:]
-    L_h, L_w = S * (Hk + q - 1), S * (Wk + q - 1)
     top = max(0, -off)
     width = [(0, 0)] * (md.ndim - 2)
     width += [(top, max(0, off + L_h - H)), (top, max(0, off + L_w - W))]
     if any(w != (0, 0) for w in width):
         m = ops.pad(m, width)
     start = off + top
-    m = ops.getitem(m, (Ellipsis, slice(start, start + L_h), slice(start, start + L_w)))
-    return ops.reshape(m, (*md.shape[:-2], Hk + q - 1, S, Wk + q - 1, S))
+    return ops.getitem(m, (Ellipsis, slice(start, start + L_h), slice(start, start + L_w)))
 
 
 def shared(P: Patches, nlead: int) -> bool:
@@ -227,8 +225,7 @@ def dot(P: Patches, m, w=None):
         S, p = P.stride, P.size
         Hk, Wk = P.rows_hw
         q = -(-p // S)
-        mr = _blocks(m, P, q)
-        mr = ops.reshape(mr, (*data(mr).shape[:-4], S * (Hk - 1 + q), -1))
+        mr = _framed(m, P, S * (Hk - 1 + q), S * (Wk - 1 + q))
         kernel = ops.reshape(P.A, (*Ad.shape[:nlead], Ad.shape[nlead + 1], *Ad.shape[-3:]))
         if nlead and data(m).ndim == 4:
             mr = ops.reshape(mr, (1, *data(mr).shape))
