@@ -435,7 +435,7 @@ def plan(args) -> list:
     specs = []
     groups = args.only.split(",")
     for dataset, arch in itertools.product(args.datasets.split(","), args.archs.split(",")):
-        base = {"arch": arch, "dataset": dataset, "eps": 0.1, "repeats": args.repeats}
+        base = {"arch": arch, "dataset": dataset, "eps": args.eps, "repeats": args.repeats}
         light = arch == "cnn3" and dataset != "cifar10"
         if "forward" in groups:
             specs += [
@@ -512,7 +512,7 @@ def plan(args) -> list:
             {
                 "arch": "?",
                 "dataset": "?",
-                "eps": 0.1,
+                "eps": args.eps,
                 "repeats": 1,
                 "workload": "certify",
                 "checkpoint": args.checkpoint,
@@ -548,6 +548,13 @@ def parse_args(argv=None):
         help="batch of HBox on cifar10 (3,072 input generators: time and memory)",
     )
     p.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up (best)")
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=0.1,
+        help="L-inf radius of every workload; a smaller one leaves more neurons stable, "
+        "which DeepPoly skips",
+    )
     p.add_argument("--popsize", type=int, default=32, help="PGPE population of pgpe and mpi")
     p.add_argument("--pgpe-batch", type=int, default=128)
     p.add_argument("--pgpe-methods", default="ibp,crown-ibp,deeppoly")
@@ -606,7 +613,7 @@ def main(argv=None):
         return
     specs = plan(args)
     peak = gemm_gflops(args.gemm_size, repeats=args.repeats)
-    print(f"float32 GEMM ({args.gemm_size}^3, numpy): {peak:.1f} GFLOP/s")
+    print(f"float32 GEMM ({args.gemm_size}^3, numpy): {peak:.1f} GFLOP/s; eps {args.eps}")
     print(
         f"{'workload':<24}{'arch':<6}{'dataset':<14}{'batch':>6}{'img/s':>12}{'GFLOP/s':>8}"
         f"{'of peak':>9}{'peak RSS MB':>12}"

@@ -329,3 +329,40 @@ def patch_view(x: Array, p: int, stride: int, rows_hw: tuple) -> Array:
     shape = (*x.shape[:-2], Hk, Wk, p, p)
     strides = (*x.strides[:-2], sh * stride, sw * stride, sh, sw)
     return get_xp(x).lib.stride_tricks.as_strided(x, shape, strides)
+
+
+# a sorted index with at most this many distinct values is summed one run at a time
+_MAX_RUNS = 4096
+
+
+def scatter_add(g: Array, idx: Array, n: int) -> Array:
+    """Sum the rows of ``g`` into ``n`` rows at ``idx``: the adjoint of ``a[idx]``.
+
+    Shapes: g (len(idx), ...), idx (len(idx),) integer in [0, n) -> (n, ...).
+    A strictly increasing index is a plain assignment; a sorted one with few
+    distinct values (rows grouped by sample) sums each run of equal entries as a
+    slice, far faster than ``add.at``, which is the general case.
+    """
+    xp = get_xp(g, idx)
+    out = xp.zeros((n, *g.shape[1:]), dtype=g.dtype)
+    if len(idx) == 0:
+        return out
+    step = idx[1:] - idx[:-1]
+    if bool((step > 0).all()):
+        out[idx] = g
+        return out
+    if bool((step >= 0).all()):
+        starts = to_host(xp.flatnonzero(step)) + 1
+        if len(starts) < _MAX_RUNS:
+            bounds = [0, *starts.tolist(), len(idx)]
+            rows = to_host(idx[bounds[:-1]]).tolist()
+            for row, s, e in zip(rows, bounds[:-1], bounds[1:]):
+                g[s:e].sum(axis=0, out=out[row])
+            return out
+    if is_cupy(g):  # pragma: no cover - needs a GPU
+        import cupyx
+
+        cupyx.scatter_add(out, idx, g)
+    else:
+        np.add.at(out, idx, g)
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import contiguous, get_xp, np, patch_view, unwindows, windows
+from .backend import contiguous, get_xp, np, patch_view, scatter_add, unwindows, windows
 from .tensor import Tensor, data, needs_grad, record
 
 
@@ -336,6 +336,44 @@ def gather(a, idx):
     onehot = xp.arange(ad.shape[-1]) == idx[..., None]
     # d a[i] = e_i . da, so the cotangent lands on the picked entry (one-hot)
     return record(out, (a, lambda g: unbroadcast(g[..., None] * onehot, ad.shape)))
+
+
+def take(a, idx, axis: int):
+    """The entries ``idx`` of ``a`` along ``axis``, repeats allowed.
+
+    Shapes: a (..., n, ...), idx (m,) integer -> (..., m, ...).
+    """
+    ad = data(a)
+    xp = get_xp(ad)
+    axis %= ad.ndim
+    out = xp.take(ad, idx, axis=axis)
+
+    def vjp(g):
+        # <g, a[idx]> = sum_r <g_r, a_idx[r]>: each picked entry collects the rows that read it
+        rows = scatter_add(xp.moveaxis(g, axis, 0), idx, ad.shape[axis])
+        return xp.moveaxis(rows, 0, axis)
+
+    return record(out, (a, vjp))
+
+
+def put(a, idx, v, axis: int):
+    """``a`` with its entries ``idx`` along ``axis`` replaced by ``v`` (distinct indices).
+
+    Shapes: a (..., n, ...), idx (m,), v (..., m, ...) -> like a.
+    """
+    ad, vd = data(a), data(v)
+    axis %= ad.ndim
+    spot = (slice(None),) * axis + (idx,)
+    out = ad.copy()
+    out[spot] = vd
+
+    def vjp_a(g):
+        # the replaced entries no longer depend on a
+        ga = g.copy()
+        ga[spot] = 0
+        return ga
+
+    return record(out, (a, vjp_a), (v, lambda g: unbroadcast(g[spot], vd.shape)))
 
 
 # ---------------------------------------------------------------- linear algebra
@@ -855,12 +893,14 @@ __all__ = [
     "mul",
     "neg",
     "pad",
+    "put",
     "recompute",
     "relu",
     "reshape",
     "sub",
     "sum",
     "swapaxes",
+    "take",
     "transpose",
     "unbroadcast",
     "where",
@@ -1145,13 +1185,16 @@ __all__ += ["relu_backstep"]
 # ---------------------------------------------------------------- patch windows
 
 
-def patch_windows(m, p: int, stride: int, offset: int, rows_hw: tuple):
+def patch_windows(m, p: int, stride: int, offset: int, rows_hw: tuple, sites=None):
     """Return the (p, p) window of every row position on a map, zero outside it.
 
     Shapes: m (..., C, H, W) -> (..., 1, Hk, Wk, C, p, p) with (Hk, Wk) = ``rows_hw``;
     position (i, j) reads rows i stride + offset .. i stride + offset + p - 1 (and the
     same columns), so a negative offset reads zero padding. One zero-padded copy of the
     map (small) and one copy of its strided window view into the result.
+    ``sites`` (n,) distinct integers: only those windows, m (..., B, C, H, W) ->
+    (..., n, 1, 1, 1, C, p, p), window r at sample b and position (i, j) where
+    sites[r] = (b Hk + i) Wk + j; copied straight from the view.
     """
     md = data(m)
     xp = get_xp(md)
@@ -1161,17 +1204,38 @@ def patch_windows(m, p: int, stride: int, offset: int, rows_hw: tuple):
     top = max(0, -offset)
     width = [(0, 0)] * (md.ndim - 2)
     width += [(top, max(0, offset + L_h - H)), (top, max(0, offset + L_w - W))]
-    padded = xp.pad(md, width) if any(w != (0, 0) for w in width) else md
+    padded = md
+    if any(w != (0, 0) for w in width):
+        # a zeroed frame and one copy (np.pad's general path costs several times more)
+        padded = xp.zeros(
+            (*md.shape[:-2], top + H + width[-2][1], top + W + width[-1][1]), md.dtype
+        )
+        padded[..., top : top + H, top : top + W] = md
     start = offset + top
     view = patch_view(padded[..., start : start + L_h, start : start + L_w], p, stride, rows_hw)
     n = md.ndim - 3
-    out = xp.ascontiguousarray(xp.moveaxis(view, n, n + 2))
-    out = out.reshape(*md.shape[:-3], 1, *out.shape[n:])
+    # (..., C, Hk, Wk, p, p) -> (..., Hk, Wk, C, p, p)
+    view = xp.moveaxis(view, n, n + 2)
+    if sites is None:
+        out = xp.ascontiguousarray(view).reshape(*md.shape[:-3], 1, *view.shape[n:])
+        full_shape = out.shape
+    else:
+        b, ij = sites // (Hk * Wk), sites % (Hk * Wk)
+        picked = view[(Ellipsis, b, ij // Wk, ij % Wk, slice(None), slice(None), slice(None))]
+        out = picked.reshape(*md.shape[:-4], len(sites), 1, 1, 1, *md.shape[-3:-2], p, p)
+        full_shape = (*md.shape[:-3], 1, Hk, Wk, md.shape[-3], p, p)
 
     def vjp(g):
+        if sites is not None:
+            # the picked windows' cotangents in place, zeros at the other windows
+            full = xp.zeros(full_shape[: n - 1] + (md.shape[-4], Hk, Wk) + full_shape[-3:], g.dtype)
+            full[(Ellipsis, b, ij // Wk, ij % Wk, slice(None), slice(None), slice(None))] = (
+                g.reshape(*g.shape[: n - 1], len(sites), *g.shape[-3:])
+            )
+            g = full.reshape(full_shape)
         # <g, windows(m)> sums g[i, j, c, a, b] m[c, i S + off + a, j S + off + b]: col2im of g
         # with padding -off, the taps that read the padding dropped
-        g = g.reshape(out.shape[:n] + out.shape[n + 1 :])
+        g = g.reshape(full_shape[:n] + full_shape[n + 1 :])
         cols = g.transpose(*range(n), n + 2, n + 3, n + 4, n, n + 1)
         return unwindows(cols, H, W, stride, -offset)
 

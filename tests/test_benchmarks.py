@@ -37,6 +37,12 @@ def test_plan_covers_every_dataset_and_arch(bench):
             assert names == {"forward", "none+grad", "ibp", "ibp+grad", "deeppoly", "deeppoly+grad"}
 
 
+def test_plan_gives_every_workload_the_eps(bench):
+    for argv, eps in (([], 0.1), (["--eps", "0.003"], 0.003)):
+        specs = bench.plan(bench.parse_args(["--only", "bounds,pgpe,train", *argv]))
+        assert specs and {s["eps"] for s in specs} == {eps}
+
+
 def test_plan_runs_heavy_bounds_at_the_heavy_batch(bench):
     rows = planned(bench, "--only", "bounds", "--batch", "512", "--heavy-batch", "32")
     batch = {(w, a, d): b for w, a, d, b in rows}

@@ -238,6 +238,98 @@ def test_skipping_stable_neurons_keeps_the_output_bounds(trial, rng):
             assert np.all(s.lb <= f.lb + 1e-12) and np.all(s.ub >= f.ub - 1e-12)
 
 
+def with_dead_channels(net):
+    """``net`` with the first channel of its last convolution stable (off) on [0, 1]
+    inputs, so that skipping by channel has a channel to skip."""
+    last = max(i for i, layer in enumerate(net.layers) if isinstance(layer, Conv2d))
+    net.unravel()[last]["bias"][0] = -10.0
+    return net
+
+
+# how DeepPoly picks the rows it back-substitutes: (SITE_FRACTION, use_patches, the path)
+PICKS = {
+    "sites": (1.0, True, "_sites_bounds"),  # conv maps: sites x channels, as patches
+    "channels": (0.0, True, "_backsubstituted"),  # conv maps: channels only
+    "slots": (1.0, False, "_backsubstituted"),  # dense rows: each sample's neurons
+}
+
+
+@pytest.fixture(params=sorted(PICKS))
+def picking(request, monkeypatch):
+    """Pick the unstable rows however many there are; count the calls of the picked path."""
+    fraction, use_patches, path = PICKS[request.param]
+    monkeypatch.setattr(crown, "SITE_FRACTION", fraction)
+    calls = []
+    run = getattr(crown, path)
+
+    def counted(*args, **kw):
+        if path == "_sites_bounds" or kw.get("slots") is not None:
+            calls.append(path)
+        return run(*args, **kw)
+
+    monkeypatch.setattr(crown, path, counted)
+    return use_patches, calls
+
+
+@pytest.mark.parametrize("budget", [4e9, 2e3], ids=["whole", "chunked"])
+@pytest.mark.parametrize("arch", ["cnn3-like", "s1-s2-pad", "k5-s1"])
+def test_back_substituting_only_unstable_rows_keeps_every_bound(arch, budget, picking, rng):
+    # per sample: the sites (and channels) of a conv map, or the neurons of dense rows, with
+    # an unstable neuron are back-substituted; there pre equals full back-substitution,
+    # elsewhere it may be the one-step bound (stable, so the same relaxation), and the
+    # output bounds are the same
+    use_patches, calls = picking
+    net = with_dead_channels(convnet(rng, *ARCHS[arch]))
+    box, C = problem(rng, net, batch=4, eps=0.03)
+    shapes = net.shapes(net.input_shape)
+    for theta, b in ((net.theta, box), population(rng, net, box)):
+        got = crown.deeppoly(net, theta, b, C, budget, use_patches=use_patches)
+        full = dense(net, theta, b, C)
+        assert_close(got[0].lb, full[0].lb, "output lb")
+        assert_close(got[0].ub, full[0].ub, "output ub")
+        for k in sorted(full[1])[1:]:
+            earlier = {i: v for i, v in got[1].items() if i < k}
+            if not earlier:
+                continue
+            one = crown._one_step(net, net.unravel(theta), shapes, earlier, k)
+            unstable = (one.lb < 0) & (one.ub > 0)
+            for side in ("lb", "ub"):
+                g, f, o = (
+                    getattr(x[1][k] if x is not one else one, side) for x in (got, full, one)
+                )
+                if unstable.any():
+                    assert_close(g[unstable], f[unstable], f"pre[{k}] {side} at unstable")
+                tol = RTOL * max(1.0, np.max(np.abs(f)))
+                either = np.isclose(g, f, RTOL, tol) | np.isclose(g, o, RTOL, tol)
+                assert either.all(), f"pre[{k}] {side}: neither full nor one-step"
+    assert calls
+
+
+def test_unstable_picks_are_each_samples_unstable_neurons():
+    # dense rows: each sample's unstable neurons, padded with stable ones to the busiest
+    # sample's count; the neurons unstable anywhere when they are fewer
+    lb = np.array([[-1.0, 1, -1, 1], [-1, -1, 1, -1]])
+    one = Box(lb, lb + np.array([[2.0, 1, 0.5, 1], [0.5, 0.5, 1, 2]]))
+    pick = crown._unstable_picks(one, (4,), False, False)
+    np.testing.assert_array_equal(np.sort(pick.rows[:, :1], axis=1), [[0], [3]])
+    np.testing.assert_array_equal(pick.flat, np.arange(2)[:, None] * 4 + pick.rows)
+    one = Box(lb, lb + np.array([[2.0, 1, 2, 1], [2, 0.5, 1, 0.5]]))
+    np.testing.assert_array_equal(crown._unstable_picks(one, (4,), False, False).rows, [0, 2])
+    # patches on a map (3, 1, 3): the channels unstable anywhere and the (sample, position)
+    # sites with an unstable neuron
+    lb = -np.ones((2, 3, 1, 3))
+    ub = np.full((2, 3, 1, 3), -0.5)
+    ub[0, 1, 0, 2] = ub[1, 2, 0, 0] = 1
+    pick = crown._unstable_picks(Box(lb, ub), (3, 1, 3), True, True)
+    np.testing.assert_array_equal(pick.rows, [1, 2])
+    np.testing.assert_array_equal(pick.sites, [2, 3])
+    # site 2 = (sample 0, position 2), site 3 = (sample 1, position 0); flat b 9 + c 3 + l
+    np.testing.assert_array_equal(pick.flat, [[5, 8], [12, 15]])
+    pick = crown._unstable_picks(Box(lb, ub), (3, 1, 3), True, False)
+    assert pick.sites is None
+    np.testing.assert_array_equal(pick.flat, [[3, 4, 5, 6, 7, 8], [12, 13, 14, 15, 16, 17]])
+
+
 def test_one_step_bounds_are_sound_and_looser_than_full_back_substitution(rng):
     net = deep_mlp(rng, [4, 6, 6, 6, 3])
     box, _ = problem(rng, net, batch=5, eps=0.3)
@@ -251,17 +343,27 @@ def test_one_step_bounds_are_sound_and_looser_than_full_back_substitution(rng):
 # ---------------------------------------------------------------- gradients and chunks
 
 
-@pytest.fixture
-def two_convs(rng):
-    """A tiny two-conv net (< 300 parameters): the second ReLU's input is back-substituted
-    as patches; the box is kept away from relaxation switches."""
+def tiny_convnet(rng, side, dead=False):
+    """A tiny two-conv net on (1, side, side) whose second ReLU's input is back-substituted
+    as patches, with a box kept away from relaxation switches (``dead``: a dead channel)."""
     for _ in range(30):
-        net = convnet(rng, [(2, 3, 1, 1), (2, 3, 2, 1)], (1, 5, 5), hidden=4, classes=3)
+        net = convnet(rng, [(2, 3, 1, 1), (2, 3, 2, 1)], (1, side, side), hidden=4, classes=3)
+        if dead:
+            with_dead_channels(net)
         box, C = problem(rng, net, batch=2, eps=0.15)
         _, pre = dense(net, net.theta, box, None)
-        if all(np.min(np.abs(v)) > 1e-4 for b in pre.values() for v in (b.lb, b.ub, b.lb + b.ub)):
+        ends = [v for b in pre.values() for v in (b.lb, b.ub, b.lb + b.ub)]
+        if min(np.min(np.abs(v)) for v in ends) <= 1e-4:
+            continue
+        if not dead or np.any((pre[3].lb < 0) & (pre[3].ub > 0)):
             return net, box, C
     pytest.fail("no box away from relaxation switches found")
+
+
+@pytest.fixture
+def two_convs(rng):
+    """< 300 parameters; the patches become dense rows before the input (5 x 5)."""
+    return tiny_convnet(rng, 5)
 
 
 def loss_of(net, box, C, w_l, w_u, **kw):
@@ -274,9 +376,20 @@ def loss_of(net, box, C, w_l, w_u, **kw):
 
 @pytest.mark.parametrize("budget", [4e9, 1e3])  # 1e3: one channel of one sample per chunk
 def test_patch_gradients_match_finite_differences_and_dense(two_convs, budget, rng):
-    net, box, C = two_convs
+    assert_gradients_match(*two_convs, rng, budget_bytes=budget)
+
+
+def test_gradients_through_unstable_rows_match_finite_differences_and_dense(picking, rng):
+    # on 7 x 7 the patches stay patches down to the input, as sites need
+    use_patches, calls = picking
+    assert_gradients_match(*tiny_convnet(rng, 7, dead=True), rng, use_patches=use_patches)
+    assert calls
+
+
+def assert_gradients_match(net, box, C, rng, **kw):
+    """The loss's gradients in theta and the box: finite differences, and the dense path's."""
     w_l, w_u = rng.standard_normal(C.shape[:2]), rng.standard_normal(C.shape[:2])
-    f = loss_of(net, box, C, w_l, w_u, budget_bytes=budget)
+    f = loss_of(net, box, C, w_l, w_u, **kw)
     args = (net.theta[None], box.lb, box.ub)
     value, grads = value_and_grad(f, *args)
     for _ in range(3):

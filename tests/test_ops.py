@@ -95,6 +95,33 @@ def test_gather_vjp(rng):
     )
 
 
+def test_take_and_put_vjp(rng):
+    a = rng.standard_normal((3, 7, 2))
+    idx = np.array([4, 0, 4, 6, 4, 1])  # repeats: their cotangents add up
+    check_vjp(lambda a: ops.take(a, idx, 1), [a], rng)
+    np.testing.assert_array_equal(ops.take(a, idx, 1), a[:, idx])
+    spots, v = np.array([5, 0, 2]), rng.standard_normal((3, 3, 2))
+    check_vjp(lambda a, v: ops.put(a, spots, v, 1), [a, v], rng)
+    want = a.copy()
+    want[:, spots] = v
+    np.testing.assert_array_equal(ops.put(a, spots, v, 1), want)
+
+
+@pytest.mark.parametrize("kind", ["distinct", "sorted runs", "any order"])
+def test_scatter_add_sums_the_rows_of_repeated_indices(kind, rng):
+    from gls_np.backend import scatter_add
+
+    idx = {
+        "distinct": np.array([0, 2, 3, 7]),
+        "sorted runs": np.array([1, 1, 1, 4, 4, 6]),
+        "any order": np.array([5, 1, 5, 0, 1]),
+    }[kind]
+    g = rng.standard_normal((len(idx), 3, 2))
+    want = np.zeros((8, 3, 2))
+    np.add.at(want, idx, g)
+    np.testing.assert_allclose(scatter_add(g, idx, 8), want, rtol=1e-15, atol=1e-15)
+
+
 @pytest.mark.parametrize(
     "sa,sb",
     [
@@ -557,3 +584,17 @@ def test_patch_windows_match_the_definition(lead, rng):
 def test_patch_windows_vjp(p, S, off, rows_hw, rng):
     m = rng.standard_normal((2, 3, 2, 5, 4))
     check_vjp(lambda m: ops.patch_windows(m, p, S, off, rows_hw), [m], rng)
+
+
+@pytest.mark.parametrize("lead", [(), (2,)])
+def test_patch_windows_of_sites_are_those_windows(lead, rng):
+    # sites[r] = (b Hk + i) Wk + j: the window of sample b at row position (i, j)
+    B, rows_hw = 3, (4, 3)
+    m = rng.standard_normal((*lead, B, 2, 7, 6))
+    full = ops.patch_windows(m, 3, 2, -1, rows_hw)
+    sites = np.array([0, 5, 13, 14, 35])
+    got = ops.patch_windows(m, 3, 2, -1, rows_hw, sites)
+    b, ij = np.divmod(sites, 12)
+    want = full[..., b, 0, ij // 3, ij % 3, :, :, :]
+    np.testing.assert_array_equal(got, want.reshape(*lead, 5, 1, 1, 1, 2, 3, 3))
+    check_vjp(lambda m: ops.patch_windows(m, 3, 2, -1, rows_hw, sites), [m], rng)

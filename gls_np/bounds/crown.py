@@ -64,6 +64,11 @@ from .spec import (
     unstack,
 )
 
+# DeepPoly back-substitutes only the picked rows (``_unstable_picks``: a conv map's sites and
+# channels, a dense layer's neurons per sample) when they are at most this fraction of all;
+# above it, picking costs about as much as it saves.
+SITE_FRACTION = 0.8
+
 
 @dataclass(frozen=True)
 class LinearBounds:
@@ -311,7 +316,7 @@ def concretize(lin: LinearBounds, box: Box) -> Box:
     if isinstance(lin.A_l, Patches):
         # as A c -+ |A| r: a shared patch dots by a convolution, others by their windows
         c, r = box.center, box.radius
-        rows_hw = lin.A_l.rows_hw
+        rows_hw, sites = lin.A_l.rows_hw, lin.A_l.sites
         windows = {}
 
         def dot(P, v):
@@ -324,7 +329,7 @@ def concretize(lin: LinearBounds, box: Box) -> Box:
             spread = dot(P.with_A(ops.abs(P.A)), r)
             center = dot(P, c)
             value = ops.add(center, spread) if sign > 0 else ops.sub(center, spread)
-            return patches.dense_bias(ops.add(value, b), rows_hw)
+            return patches.dense_bias(ops.add(value, b), rows_hw, sites)
 
     else:
         n = len(input_shape(box))
@@ -371,7 +376,10 @@ def deeppoly(
     ``skip_stable``: a neuron that one back-substitution step already proves stable
     (``_one_step``) is not back-substituted further: the same output bounds (full
     back-substitution would prove it stable too, so its relaxation is the same exact
-    line), but ``pre`` holds the one-step bounds for those neurons.
+    line), but ``pre`` holds the one-step bounds for those neurons. What is skipped
+    (``_unstable_picks``): channels of a conv map stable everywhere, and (sample,
+    position) sites with no unstable neuron (``_sites_bounds``); each sample's stable
+    neurons of a dense layer.
     ``upper=False`` back-substitutes only the lower side of the output (a loss needs no
     more), at about half the cost of that last step; ``out.ub`` is then None.
     Returns ``(out, pre)`` like ``ibp.ibp``.
@@ -394,16 +402,24 @@ def deeppoly(
             )
             continue
         one_step = _one_step(net, params, shapes, pre, k)
-        unit = numel(shapes[k][1:]) if use_patches and _patched(net, k) else 1
-        units = _unstable_units(one_step, numel(shapes[k]), unit)
-        if units is not None and not len(units):
+        patched = use_patches and _patched(net, k)
+        sites = _patches_reach_input(net, shapes, k) if patched else False
+        pick = _unstable_picks(one_step, shapes[k], patched, sites)
+        if pick is None:
+            pre[k] = _backsubstituted(
+                net, theta, box, C, pre, k, budget_bytes, recompute, use_patches
+            )
+        elif not pick.rows.size:
             pre[k] = one_step
-            continue
-        pre[k] = _backsubstituted(
-            net, theta, box, C, pre, k, budget_bytes, recompute, use_patches, units
-        )
-        if units is not None:
-            pre[k] = _merged(pre[k], one_step, units, unit)
+        else:
+            where = (net, theta, box)
+            if pick.sites is not None:
+                found = _sites_bounds(*where, pre, k, budget_bytes, recompute, pick)
+            else:
+                found = _backsubstituted(
+                    *where, C, pre, k, budget_bytes, recompute, use_patches, slots=pick.rows
+                )
+            pre[k] = _merged(one_step, found, pick.flat)
     out = _backsubstituted(
         net, theta, box, C, pre, targets[-1], budget_bytes, recompute, use_patches, upper=upper
     )
@@ -475,17 +491,18 @@ def _backsubstituted(
     budget_bytes: float,
     recompute: bool,
     use_patches: bool,
-    units=None,
     upper: bool = True,
+    slots=None,
 ) -> Box:
     """Bounds on the input of layer k (a ReLU) or, for the last layer, on its spec-folded output.
 
     Chunked over rows (neurons or spec rows; whole channels for patches) and samples to
     fit ``budget_bytes``. With ``recompute`` each chunk is one ``ops.recompute`` node (its
     tape is rebuilt during backward); otherwise the chunks are taped as they run.
-    ``units`` (an index array of neurons, or of channels for patches) bounds only those;
-    the result then holds them in that order, (*lead, B, len(units) * unit).
     ``upper=False`` carries only the lower side (its ub is None).
+    ``slots`` (B, m) or (m,): sample b bounds only the neurons slots[b] (or slots),
+    distinct; for patches (m,) channels. The result is then (*lead, B, m) (times H W for
+    channels: (*lead, B, m H W)).
     """
     head = k == len(net.layers) - 1
     shapes, nlead, B, P = _sizes(net, theta, box)
@@ -494,7 +511,7 @@ def _backsubstituted(
     # patches start a whole channel of a conv map at a time (rows (O, Hk, Wk))
     unit = numel(shape[1:]) if patched else 1
     item = _bytes_per_row(net, shapes, k, data(box.lb).dtype.itemsize, patched) * P * unit
-    n_units = numel(shape) // unit if units is None else len(units)
+    n_units = numel(shape) // unit if slots is None else slots.shape[-1]
     unit_chunk, batch_chunk = plan_chunks(n_units, B, item, budget_bytes)
     order = sorted(pre)
 
@@ -527,13 +544,13 @@ def _backsubstituted(
             args += [_take(pre[i].lb, axis, bs, B), _take(pre[i].ub, axis, bs, B)]
         rows = []
         for us in slices(n_units, unit_chunk):
-            us = us if units is None else units[us]
-            rows.append(
-                ops.recompute(rows_of(us), theta, *args) if recompute else rows_of(us)(theta, *args)
-            )
+            if slots is not None:
+                us = slots[us] if slots.ndim == 1 else slots[bs, us]
+            fn = rows_of(us)
+            rows.append(ops.recompute(fn, theta, *args) if recompute else fn(theta, *args))
         parts.append(cat(rows, axis=-1))
     both = cat(parts, axis=-2)
-    if units is None:
+    if slots is None:
         both = ops.reshape(both, (*data(both).shape[:-1], *shape))
     return unstack(both) if upper else Box(ops.getitem(both, 0), None)
 
@@ -560,44 +577,131 @@ def _one_step(net, params, shapes, pre: dict, k: int) -> Box:
     return out
 
 
-def _unstable_units(one_step: Box, N: int, unit: int):
-    """Return the units (neurons, or channels of ``unit`` neurons) unstable somewhere.
+@dataclass(frozen=True)
+class Picks:
+    """The neurons of one layer that DeepPoly back-substitutes (``_unstable_picks``).
 
-    A unit counts when any of its neurons is unstable for any sample or member.
-    Shapes: one_step (*lead, B, *shape) with N neurons per sample -> index array (n,) into
-    the N / unit units, or None when every unit is.
+    ``rows``: for a conv map (C, H, W) its picked channels (m,); for dense rows, each
+    sample's neurons (B, m), or (m,) for every sample. ``sites``: None, or the picked
+    (sample, position) sites (n,) of a conv map, sorted flat indices into (B, H, W).
+    ``flat``: where the found bounds go in the layer's bounds flattened per sample,
+    (B *shape), in the order of the found ones: (n, m) for sites, (B, m H W) for
+    channels, (B, m) for dense rows.
+    """
+
+    rows: Array
+    sites: Array | None
+    flat: Array
+
+
+def _unstable_picks(one_step: Box, shape: tuple, patched: bool, sites: bool):
+    """Pick the neurons to back-substitute: those that ``one_step`` leaves unstable.
+
+    A neuron counts when unstable for any population member. For patches (conv map
+    (C, H, W)): the channels with an unstable neuron anywhere and, when ``sites`` and
+    they are at most SITE_FRACTION of all, the (sample, position) sites with one. For
+    dense rows: each sample's unstable neurons, padded with stable ones to the most any
+    sample has, or the neurons unstable for any sample when they are fewer.
+    Shapes: one_step (*lead, B, *shape) -> ``Picks``, or None for every neuron.
     """
     lb, ub = data(one_step.lb), data(one_step.ub)
     xp = get_xp(lb)
-    unstable = (lb < 0) & (ub > 0)
-    per_unit = unstable.reshape(-1, N // unit, unit).any(axis=(0, 2))
-    if bool(per_unit.all()):
-        return None
-    return xp.flatnonzero(per_unit)
-
-
-def _merged(computed: Box, one_step: Box, units, unit: int) -> Box:
-    """Back-substituted bounds on the neurons of ``units``, the one-step bounds elsewhere.
-
-    Shapes: computed (*lead, B, n unit), one_step (*lead, B, *shape) -> (*lead, B, *shape).
-    The computed columns are scattered by a 0/1 matrix (exact: x * 1 plus zeros).
-    """
-    lb = data(one_step.lb)
-    xp = get_xp(lb)
-    shape = lb.shape[-(lb.ndim - data(computed.lb).ndim + 1) :]
+    B = lb.shape[lb.ndim - len(shape) - 1]
+    unstable = ((lb < 0) & (ub > 0)).reshape(-1, B, *shape).any(axis=0)
     N = numel(shape)
-    neurons = (units[:, None] * unit + xp.arange(unit)).ravel()
-    scatter = xp.zeros((len(neurons), N), dtype=lb.dtype)
-    scatter[xp.arange(len(neurons)), neurons] = 1
-    chosen = xp.zeros(N, dtype=bool)
-    chosen[neurons] = True
-    chosen = chosen.reshape(shape)
+    if patched:
+        C, L = shape[0], numel(shape[1:])
+        unstable = unstable.reshape(B, C, L)
+        channels = xp.flatnonzero(unstable.any(axis=(0, 2)))
+        at = xp.flatnonzero(unstable.any(axis=1))
+        if sites and len(at) * len(channels) <= SITE_FRACTION * B * L * C:
+            # site (b, l), channel c: flat index b C L + c L + l
+            flat = (at // L * N + at % L)[:, None] + channels * L
+            return Picks(channels, at, flat)
+        if len(channels) == C:
+            return None
+        flat = xp.arange(B)[:, None] * N + (channels[:, None] * L + xp.arange(L)).ravel()
+        return Picks(channels, None, flat)
+    unstable = unstable.reshape(B, N)
+    m = int(unstable.sum(axis=1).max())
+    anywhere = xp.flatnonzero(unstable.any(axis=0))
+    if min(m, len(anywhere)) > SITE_FRACTION * N:
+        return None
+    if len(anywhere) <= m:
+        # the neurons unstable for some sample are no more rows than the busiest sample's,
+        # and rows shared by the batch cross the layers before the first ReLU once
+        rows = anywhere
+    else:
+        rows = xp.argsort(~unstable, axis=1, kind="stable")[:, :m]
+    return Picks(rows, None, xp.arange(B)[:, None] * N + rows)
 
-    def side(c, o):
-        full = ops.reshape(ops.matmul(c, scatter), data(o).shape)
-        return ops.where(chosen, full, o)
 
-    return Box(side(computed.lb, one_step.lb), side(computed.ub, one_step.ub))
+def _patches_reach_input(net, shapes, k: int) -> bool:
+    """Tell whether patches started at the input of layer k stay patches down to the input."""
+    size = 1
+    for i in reversed(range(k)):
+        layer = net.layers[i]
+        if not patches_pay(layer, size, shapes[i]):
+            return False
+        if isinstance(layer, Conv2d):
+            size = patches.grown(layer, size)
+    return True
+
+
+def _sites_bounds(net, theta, box: Box, pre: dict, k: int, budget_bytes, recompute, pick) -> Box:
+    """Back-substituted bounds on the input of ReLU k, a conv map, at the picked sites only.
+
+    ``pick.sites`` (sorted) are (sample, position) pairs of the map (C, H, W), each
+    back-substituted with its ``pick.rows`` channels as patches (``Patches.sites``).
+    Shapes: -> Box (*lead, n, m).
+    Chunked over the sites to fit ``budget_bytes``; a chunk takes only the samples it
+    covers. ``recompute`` as in ``_backsubstituted``.
+    """
+    shapes, nlead, B, P = _sizes(net, theta, box)
+    shape = shapes[k]
+    per_sample = numel(shape[1:])
+    item = _bytes_per_row(net, shapes, k, data(box.lb).dtype.itemsize, True) * P * len(pick.rows)
+    order = sorted(pre)
+
+    def rows_of(picked):
+        def fn(theta, lo, up, *pre_flat):
+            params = net.unravel(theta)
+            bounds = {i: Box(pre_flat[2 * j], pre_flat[2 * j + 1]) for j, i in enumerate(order)}
+            A, b = patches.eye(lo, nlead, shape, pick.rows, picked)
+            lin = backsubstitute(net.layers[:k], params, shapes, bounds, LinearBounds(A, b, A, b))
+            return stack(concretize(lin, Box(lo, up)))
+
+        return fn
+
+    parts = []
+    for s in slices(len(pick.sites), max(1, int(budget_bytes // item))):
+        picked = pick.sites[s]
+        first, last = int(picked[0]) // per_sample, int(picked[-1]) // per_sample
+        bs = slice(first, last + 1)
+        args = [_take(box.lb, nlead, bs, B), _take(box.ub, nlead, bs, B)]
+        for i in order:
+            axis = data(pre[i].lb).ndim - len(shapes[i]) - 1
+            args += [_take(pre[i].lb, axis, bs, B), _take(pre[i].ub, axis, bs, B)]
+        fn = rows_of(picked - first * per_sample)
+        parts.append(ops.recompute(fn, theta, *args) if recompute else fn(theta, *args))
+    return unstack(cat(parts, axis=-2))
+
+
+def _merged(one_step: Box, found: Box, flat) -> Box:
+    """The back-substituted bounds ``found`` at ``flat``, the one-step bounds elsewhere.
+
+    Shapes: one_step (*lead, B, *shape); found (*lead, *F) with ``flat`` (F) its places
+    in (B *shape) (``Picks.flat``) -> like one_step.
+    """
+    nl = data(found.lb).ndim - flat.ndim
+
+    def side(o, f):
+        od, fd = data(o), data(f)
+        whole = ops.reshape(o, (*od.shape[:nl], -1))
+        values = ops.reshape(f, (*fd.shape[:nl], -1))
+        return ops.reshape(ops.put(whole, flat.ravel(), values, -1), od.shape)
+
+    return Box(side(one_step.lb, found.lb), side(one_step.ub, found.ub))
 
 
 def _patched(net, k: int) -> bool:
@@ -637,17 +741,25 @@ def _rows_first(a, layer_ndim: int):
 def _identity_rows(like, nlead: int, shape, rows):
     """Rows ``rows`` of the identity on a layer: the start of back-substitution for its neurons.
 
-    ``rows`` is a slice or an index array of neurons.
-    Shapes: -> A (*lead, n, 1, *shape), b (*lead, n, 1) with lead = (1,) in a population.
+    ``rows`` is a slice or an index array of neurons, the same for every sample, or
+    (B, m) indices, row s of sample b being neuron rows[b, s].
+    Shapes: -> A (*lead, n, 1, *shape) or (*lead, m, B, *shape), b (*lead, n, 1) or
+    (*lead, m, B), with lead = (1,) in a population.
     """
     xp = get_xp(data(like))
     N = numel(shape)
-    picked = xp.arange(N)[rows]
     lead = (1,) * nlead
-    eye = xp.zeros((len(picked), N), dtype=data(like).dtype)
+    dtype = data(like).dtype
+    if getattr(rows, "ndim", 1) == 2:
+        B, m = rows.shape
+        eye = xp.zeros((m, B, N), dtype=dtype)
+        eye[xp.arange(m)[:, None], xp.arange(B), rows.T] = 1
+        return eye.reshape(*lead, m, B, *shape), xp.zeros((*lead, m, B), dtype=dtype)
+    picked = xp.arange(N)[rows]
+    eye = xp.zeros((len(picked), N), dtype=dtype)
     eye[xp.arange(len(picked)), picked] = 1
     return eye.reshape(*lead, len(picked), 1, *shape), xp.zeros(
-        (*lead, len(picked), 1), dtype=data(like).dtype
+        (*lead, len(picked), 1), dtype=dtype
     )
 
 

@@ -26,6 +26,12 @@ Layout: ``Patches.A`` is (*lead, B or 1, O, Hk or 1, Wk or 1, C, p, p): the rows
 target map; size-1 axes mean the patch is shared by every sample or position
 (true until the first ReLU is crossed). The bias of the rows is
 (*lead, B or 1, O, Hk or 1, Wk or 1).
+
+Picked sites. DeepPoly skips the neurons that a cheap bound already proves stable
+(``crown._sites_bounds``): then only some (sample, position) sites of the target map are
+back-substituted, each with the picked O channels, and A is (*lead, n or 1, O, 1, 1, C, p, p)
+with ``sites`` naming the site of each of its n entries. A site's windows are those of
+its sample and position, copied from the strided window view of the batch (``window``).
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class Patches:
     Row (o, i, j) has the coefficient A[..., o, i, j, c, a, b] on the map entry
     (c, i stride + offset + a, j stride + offset + b); entries outside the map are
     multiplied by zeros (padding). ``clean``: those entries are 0 in A itself.
+    ``sites``: None, or (n,) integers: A's axes (B, Hk, Wk) are then (n or 1, 1, 1) and
+    entry r is sample b at row position (i, j) with sites[r] = (b Hk + i) Wk + j.
     """
 
     A: Array
@@ -63,6 +71,7 @@ class Patches:
     offset: int
     rows_hw: tuple
     clean: bool = True
+    sites: Array | None = None
 
     @property
     def size(self) -> int:
@@ -74,10 +83,11 @@ class Patches:
         return dataclasses.replace(self, A=A, clean=self.clean if clean is None else clean)
 
 
-def eye(like, nlead: int, shape: tuple, channels):
+def eye(like, nlead: int, shape: tuple, channels, sites=None):
     """Return identity rows on the neurons of ``channels`` (slice or indices) of a map (C, H, W).
 
-    Shapes: -> Patches A (*1 x nlead, 1, n, 1, 1, C, 1, 1), bias (*1 x nlead, 1, n, 1, 1).
+    Shapes: -> Patches A (*1 x nlead, 1, n, 1, 1, C, 1, 1), bias (*1 x nlead, 1, n, 1, 1);
+    ``sites``, where given, restricts them to those (sample, position) sites (``Patches``).
     """
     xp = get_xp(data(like))
     dtype = data(like).dtype
@@ -86,7 +96,7 @@ def eye(like, nlead: int, shape: tuple, channels):
     n = rows.shape[0]
     A = rows.reshape(*(1,) * nlead, 1, n, 1, 1, C, 1, 1)
     b = xp.zeros((*(1,) * nlead, 1, n, 1, 1), dtype=dtype)
-    return Patches(A, 1, 0, (H, W)), b
+    return Patches(A, 1, 0, (H, W), sites=sites), b
 
 
 def grown(layer, size: int) -> int:
@@ -127,7 +137,8 @@ def conv_T(layer: Conv2d, p, P: Patches, out_shape: tuple):
         shift = bias_dot(P, b, out_shape)
         A = ops.conv2d_T(P.A, W, layer.stride, 0, in_hw=(size2, size2))
     offset = P.offset * layer.stride - layer.padding
-    return Patches(A, P.stride * layer.stride, offset, P.rows_hw, clean=False), shift
+    moved = Patches(A, P.stride * layer.stride, offset, P.rows_hw, clean=False, sites=P.sites)
+    return moved, shift
 
 
 def conv_T_gemm(A, W, b, stride: int, padding: int, in_hw):
@@ -180,10 +191,22 @@ def bias_dot(P: Patches, b, map_shape: tuple):
 def window(m, P: Patches):
     """Return the window of every row position on the map m, zero outside it.
 
-    Shapes: m (*lead, B, C, H, W) -> (*lead, B, 1, Hk, Wk, C, p, p), broadcastable with A.
+    Shapes: m (*lead, B, C, H, W) -> (*lead, B, 1, Hk, Wk, C, p, p), broadcastable with A;
+    for picked sites (*lead, n, 1, 1, 1, C, p, p), the windows of those sites only (a map
+    of one sample, B = 1, serves every sample).
     One primitive (``ops.patch_windows``): a strided view of the padded map copied once.
     """
-    return ops.patch_windows(m, P.size, P.stride, P.offset, P.rows_hw)
+    if P.sites is None:
+        return ops.patch_windows(m, P.size, P.stride, P.offset, P.rows_hw)
+    shape = data(m).shape
+    if shape[-4] > 1:
+        return ops.patch_windows(m, P.size, P.stride, P.offset, P.rows_hw, P.sites)
+    w = ops.patch_windows(m, P.size, P.stride, P.offset, P.rows_hw)
+    wd = data(w).shape
+    nb = len(wd) - 7
+    L = P.rows_hw[0] * P.rows_hw[1]
+    picked = ops.take(ops.reshape(w, (*wd[:nb], L, *wd[-3:])), P.sites % L, nb)
+    return ops.reshape(picked, (*wd[:nb], len(P.sites), 1, 1, 1, *wd[-3:]))
 
 
 def _framed(m, P: Patches, L_h: int, L_w: int):
@@ -207,7 +230,7 @@ def _framed(m, P: Patches, L_h: int, L_w: int):
 def shared(P: Patches, nlead: int) -> bool:
     """Tell whether every sample and position uses the same patch (no ReLU crossed yet)."""
     shape = data(P.A).shape
-    return shape[nlead] == 1 and shape[-5] == 1 and shape[-4] == 1
+    return P.sites is None and shape[nlead] == 1 and shape[-5] == 1 and shape[-4] == 1
 
 
 def dot(P: Patches, m, w=None):
@@ -254,6 +277,8 @@ def to_dense(P: Patches, map_shape: tuple):
 
     Shapes: A (*lead, B or 1, O, Hk, Wk, C, p, p) -> (*lead, B or 1, O Hk Wk, C, H, W).
     """
+    if P.sites is not None:
+        raise ValueError("patches of picked sites must reach the input as patches")
     Ad = data(P.A)
     C, H, W = map_shape
     S, off, p = P.stride, P.offset, P.size
@@ -282,9 +307,14 @@ def to_dense(P: Patches, map_shape: tuple):
     return ops.reshape(out, (*shape[:-5], shape[-5] * Hk * Wk, C, H, W))
 
 
-def dense_bias(b, rows_hw: tuple):
-    """Flatten the rows' bias (*lead, B or 1, O, Hk or 1, Wk or 1) -> (*lead, B or 1, O Hk Wk)."""
+def dense_bias(b, rows_hw: tuple, sites=None):
+    """Flatten the rows' bias (*lead, B or 1, O, Hk or 1, Wk or 1) -> (*lead, B or 1, O Hk Wk).
+
+    For picked ``sites``: (*lead, n, O, 1, 1) -> (*lead, n, O).
+    """
     bd = data(b)
+    if sites is not None:
+        return ops.reshape(b, bd.shape[:-2])
     Hk, Wk = rows_hw
     full = (*bd.shape[:-2], Hk, Wk)
     if bd.shape != full:
