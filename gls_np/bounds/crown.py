@@ -396,34 +396,38 @@ def deeppoly(
             for i in range(k):
                 pre[k] = ibp_domain.affine(net.layers[i], params[i], pre[k], shapes[i + 1])
             continue
-        if not skip_stable or not any(i < k for i in pre):
-            pre[k] = _backsubstituted(
-                net, theta, box, C, pre, k, budget_bytes, recompute, use_patches
-            )
-            continue
-        one_step = _one_step(net, params, shapes, pre, k)
-        patched = use_patches and _patched(net, k)
-        sites = _patches_reach_input(net, shapes, k) if patched else False
-        pick = _unstable_picks(one_step, shapes[k], patched, sites)
-        if pick is None:
-            pre[k] = _backsubstituted(
-                net, theta, box, C, pre, k, budget_bytes, recompute, use_patches
-            )
-        elif not pick.rows.size:
-            pre[k] = one_step
+        args = (net, theta, box, C, pre, k, budget_bytes, recompute, use_patches)
+        if skip_stable and any(i < k for i in pre):
+            pre[k] = _skipping_stable(*args)
         else:
-            where = (net, theta, box)
-            if pick.sites is not None:
-                found = _sites_bounds(*where, pre, k, budget_bytes, recompute, pick)
-            else:
-                found = _backsubstituted(
-                    *where, C, pre, k, budget_bytes, recompute, use_patches, slots=pick.rows
-                )
-            pre[k] = _merged(one_step, found, pick.flat)
+            pre[k] = _backsubstituted(*args)
     out = _backsubstituted(
         net, theta, box, C, pre, targets[-1], budget_bytes, recompute, use_patches, upper=upper
     )
     return out, pre
+
+
+def _skipping_stable(net, theta, box, C, pre, k, budget_bytes, recompute, use_patches) -> Box:
+    """Bounds on the input of ReLU k, back-substituting only what one step leaves unstable.
+
+    The picked neurons (``_unstable_picks``) get back-substitution's bounds, the others
+    keep ``_one_step``'s (they are stable, so their relaxation is the same).
+    """
+    params, shapes = net.unravel(theta), net.shapes(input_shape(box))
+    one_step = _one_step(net, params, shapes, pre, k)
+    patched = use_patches and _patched(net, k)
+    sites = patched and _patches_reach_input(net, shapes, k)
+    pick = _unstable_picks(one_step, shapes[k], patched, sites)
+    args = (net, theta, box, C, pre, k, budget_bytes, recompute, use_patches)
+    if pick is None:
+        return _backsubstituted(*args)
+    if not pick.rows.size:
+        return one_step
+    if pick.sites is not None:
+        found = _sites_bounds(net, theta, box, pre, k, budget_bytes, recompute, pick)
+    else:
+        found = _backsubstituted(*args, slots=pick.rows)
+    return _merged(one_step, found, pick.flat)
 
 
 def crown_ibp(net, theta, box: Box, C=None, budget_bytes: float = 4e9, upper: bool = True):
