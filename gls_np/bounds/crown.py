@@ -603,7 +603,7 @@ def _unstable_picks(one_step: Box, shape: tuple, patched: bool, sites: bool):
 
     A neuron counts when unstable for any population member. For patches (conv map
     (C, H, W)): the channels with an unstable neuron anywhere and, when ``sites`` and
-    they are at most SITE_FRACTION of all, the (sample, position) sites with one. For
+    they are at most SITE_FRACTION of the B H W, the (sample, position) sites with one. For
     dense rows: each sample's unstable neurons, padded with stable ones to the most any
     sample has, or the neurons unstable for any sample when they are fewer.
     Shapes: one_step (*lead, B, *shape) -> ``Picks``, or None for every neuron.
@@ -618,7 +618,7 @@ def _unstable_picks(one_step: Box, shape: tuple, patched: bool, sites: bool):
         unstable = unstable.reshape(B, C, L)
         channels = xp.flatnonzero(unstable.any(axis=(0, 2)))
         at = xp.flatnonzero(unstable.any(axis=1))
-        if sites and len(at) * len(channels) <= SITE_FRACTION * B * L * C:
+        if sites and len(at) <= SITE_FRACTION * B * L:
             # site (b, l), channel c: flat index b C L + c L + l
             flat = (at // L * N + at % L)[:, None] + channels * L
             return Picks(channels, at, flat)
@@ -636,7 +636,7 @@ def _unstable_picks(one_step: Box, shape: tuple, patched: bool, sites: bool):
         # and rows shared by the batch cross the layers before the first ReLU once
         rows = anywhere
     else:
-        rows = xp.argsort(~unstable, axis=1, kind="stable")[:, :m]
+        rows = xp.argsort(~unstable, axis=1)[:, :m]
     return Picks(rows, None, xp.arange(B)[:, None] * N + rows)
 
 
