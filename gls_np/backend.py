@@ -357,7 +357,7 @@ def scatter_add(g: Array, idx: Array, n: int) -> Array:
             bounds = [0, *starts.tolist(), len(idx)]
             rows = to_host(idx[bounds[:-1]]).tolist()
             for row, s, e in zip(rows, bounds[:-1], bounds[1:]):
-                g[s:e].sum(axis=0, out=out[row])
+                g[s:e].sum(axis=0, keepdims=True, out=out[row : row + 1])
             return out
     if is_cupy(g):  # pragma: no cover - needs a GPU
         import cupyx

@@ -116,10 +116,11 @@ def test_scatter_add_sums_the_rows_of_repeated_indices(kind, rng):
         "sorted runs": np.array([1, 1, 1, 4, 4, 6]),
         "any order": np.array([5, 1, 5, 0, 1]),
     }[kind]
-    g = rng.standard_normal((len(idx), 3, 2))
-    want = np.zeros((8, 3, 2))
-    np.add.at(want, idx, g)
-    np.testing.assert_allclose(scatter_add(g, idx, 8), want, rtol=1e-15, atol=1e-15)
+    for shape in ((3, 2), ()):
+        g = rng.standard_normal((len(idx), *shape))
+        want = np.zeros((8, *shape))
+        np.add.at(want, idx, g)
+        np.testing.assert_allclose(scatter_add(g, idx, 8), want, rtol=1e-15, atol=1e-15)
 
 
 @pytest.mark.parametrize(
