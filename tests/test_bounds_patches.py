@@ -423,3 +423,18 @@ def test_patch_rows_are_cheaper_than_dense_rows_in_the_memory_plan():
     dense_row = crown._bytes_per_row(net, shapes, 3, 4)
     patch_row = crown._bytes_per_row(net, shapes, 3, 4, patched=True)
     assert patch_row * 4 < dense_row
+
+
+def test_targets_are_taped_while_they_fit_the_budget():
+    # the tape keeps targets in order while their bytes fit; a target that does not is
+    # recomputed during backward and takes nothing from the room
+    room = [10.0]
+    assert not crown._recompute(room, 4.0) and room == [6.0]
+    assert crown._recompute(room, 7.0) and room == [6.0]
+    assert not crown._recompute(room, 6.0) and room == [0.0]
+    # what a tape keeps of a row is less than what computing it needs at its peak
+    net = nets.build("cnn5", "mnist")
+    shapes = net.shapes(net.input_shape)
+    for k, patched in ((3, True), (8, False)):
+        taped = crown._bytes_per_row(net, shapes, k, 4, patched, taped=True)
+        assert 0 < taped < crown._bytes_per_row(net, shapes, k, 4, patched)

@@ -36,8 +36,9 @@ convolution's batch-last memory order (C, H, W, S, B) keeps the samples
 innermost and the relaxation's per-sample fields broadcast over the rows as
 whole contiguous runs (docs/relaxations.md, "Memory passes"). Rows (and, when one row of
 the whole batch is too large, samples) are processed in chunks sized to a
-memory budget. When the whole computation would not fit the budget on one tape,
-each chunk goes through ``ops.recompute``: the tape keeps only its result, and
+memory budget. The targets are taped in order while their estimated bytes
+(``_tape_bytes``, counting only the rows DeepPoly picks) still fit the budget; past
+that, each chunk goes through ``ops.recompute``: the tape keeps only its result, and
 its intermediates are rebuilt, one chunk at a time, during backward.
 """
 
@@ -386,7 +387,7 @@ def deeppoly(
     """
     relus = [k for k, layer in enumerate(net.layers) if isinstance(layer, ReLU)]
     targets = [k for k in relus if not _ibp_is_exact(net, k)] + [len(net.layers) - 1]
-    recompute = _footprint(net, theta, box, C, targets, use_patches) > budget_bytes
+    room = [budget_bytes]  # what the tape may still hold (``_recompute``)
     params = net.unravel(theta)
     shapes = net.shapes(input_shape(box))
     pre = {}
@@ -396,33 +397,39 @@ def deeppoly(
             for i in range(k):
                 pre[k] = ibp_domain.affine(net.layers[i], params[i], pre[k], shapes[i + 1])
             continue
-        args = (net, theta, box, C, pre, k, budget_bytes, recompute, use_patches)
         if skip_stable and any(i < k for i in pre):
-            pre[k] = _skipping_stable(*args)
-        else:
-            pre[k] = _backsubstituted(*args)
+            pre[k] = _skipping_stable(net, theta, box, C, pre, k, budget_bytes, room, use_patches)
+            continue
+        recompute = _recompute(room, _tape_bytes(net, theta, box, C, k, use_patches))
+        args = (net, theta, box, C, pre, k, budget_bytes, recompute, use_patches)
+        pre[k] = _backsubstituted(*args)
+    k = targets[-1]
+    recompute = _recompute(room, _tape_bytes(net, theta, box, C, k, use_patches))
     out = _backsubstituted(
-        net, theta, box, C, pre, targets[-1], budget_bytes, recompute, use_patches, upper=upper
+        net, theta, box, C, pre, k, budget_bytes, recompute, use_patches, upper=upper
     )
     return out, pre
 
 
-def _skipping_stable(net, theta, box, C, pre, k, budget_bytes, recompute, use_patches) -> Box:
+def _skipping_stable(net, theta, box, C, pre, k, budget_bytes, room, use_patches) -> Box:
     """Bounds on the input of ReLU k, back-substituting only what one step leaves unstable.
 
     The picked neurons (``_unstable_picks``) get back-substitution's bounds, the others
-    keep ``_one_step``'s (they are stable, so their relaxation is the same).
+    keep ``_one_step``'s (they are stable, so their relaxation is the same). ``room``:
+    the tape's remaining budget (``_recompute``).
     """
     params, shapes = net.unravel(theta), net.shapes(input_shape(box))
     one_step = _one_step(net, params, shapes, pre, k)
     patched = use_patches and _patched(net, k)
     sites = patched and _patches_reach_input(net, shapes, k)
     pick = _unstable_picks(one_step, shapes[k], patched, sites)
+    if pick is not None and not pick.rows.size:
+        return one_step
+    items = None if pick is None else pick.flat.size
+    recompute = _recompute(room, _tape_bytes(net, theta, box, C, k, use_patches, items))
     args = (net, theta, box, C, pre, k, budget_bytes, recompute, use_patches)
     if pick is None:
         return _backsubstituted(*args)
-    if not pick.rows.size:
-        return one_step
     if pick.sites is not None:
         found = _sites_bounds(net, theta, box, pre, k, budget_bytes, recompute, pick)
     else:
@@ -438,7 +445,7 @@ def crown_ibp(net, theta, box: Box, C=None, budget_bytes: float = 4e9, upper: bo
     """
     _, pre = ibp_domain.ibp(net, theta, box)
     k = len(net.layers) - 1
-    recompute = _footprint(net, theta, box, C, [k], False) > budget_bytes
+    recompute = _tape_bytes(net, theta, box, C, k, False) > budget_bytes
     out = _backsubstituted(net, theta, box, C, pre, k, budget_bytes, recompute, False, upper=upper)
     return out, pre
 
@@ -472,17 +479,29 @@ def _sizes(net, theta, box: Box):
     return shapes, nlead, data(box.lb).shape[nlead], P
 
 
-def _footprint(net, theta, box: Box, C, targets, use_patches: bool) -> float:
-    """Estimated bytes of back-substituting all ``targets`` for the whole batch on one tape."""
+def _tape_bytes(net, theta, box: Box, C, k: int, use_patches: bool, items=None) -> float:
+    """Estimated bytes of back-substituting target k on one tape.
+
+    ``items``: the (sample, neuron) rows picked (``Picks.flat.size``); all of them when None.
+    """
     shapes, _, B, P = _sizes(net, theta, box)
+    if items is None:
+        items = numel(_target_shape(net, shapes, C, k)) * B
+    patched = use_patches and _patched(net, k)
     itemsize = data(box.lb).dtype.itemsize
-    return sum(
-        numel(_target_shape(net, shapes, C, k))
-        * B
-        * P
-        * _bytes_per_row(net, shapes, k, itemsize, use_patches and _patched(net, k))
-        for k in targets
-    )
+    return items * P * _bytes_per_row(net, shapes, k, itemsize, patched, taped=True)
+
+
+def _recompute(room: list, nbytes: float) -> bool:
+    """Tell whether a target of ``nbytes`` must be recomputed: it no longer fits ``room[0]``.
+
+    A target that fits is taped and its bytes are taken from the room, so that the targets
+    taped together stay within the budget.
+    """
+    if nbytes > room[0]:
+        return True
+    room[0] -= nbytes
+    return False
 
 
 def _backsubstituted(
@@ -767,13 +786,19 @@ def _identity_rows(like, nlead: int, shape, rows):
     )
 
 
-def _bytes_per_row(net, shapes, k: int, itemsize: int, patched: bool = False) -> float:
+def _bytes_per_row(
+    net, shapes, k: int, itemsize: int, patched: bool = False, taped: bool = False
+) -> float:
     """Estimated memory of back-substituting one row of one sample from layer k to the input.
 
     Counts, per layer crossed, the coefficient arrays on both sides of the layer
     and a convolution's im2col columns, for both bounds, and keeps them all:
     the tape of a recomputed chunk holds every layer's arrays at once. A row that
     is a patch counts its window C p^2 instead of the map C H W while it stays one.
+    ``taped``: only what a tape keeps once the chunk is done: each layer's input
+    coefficients and about as much again for its VJP (a ReLU step's fields, a patch's
+    windows); the columns and the other temporaries are gone by then. Measured on CNN5
+    (batch 8, gradient in theta) the tape held about 1.5x the input coefficients.
     """
     total = 0
     size = 1 if patched else None
@@ -789,11 +814,13 @@ def _bytes_per_row(net, shapes, k: int, itemsize: int, patched: bool = False) ->
             n_in = shapes[i][0] * size * size
             # a patch's transposed convolution holds its input and output (and as much again)
             per_side = 6 * n_in if isinstance(layer, ReLU) else n_out + 2 * n_in
+            per_side = 2 * n_in if taped else per_side
         else:
             n_in, n_out = numel(shapes[i]), numel(shapes[i + 1])
             cols = 0
             if isinstance(layer, Conv2d):
                 cols = layer.in_channels * layer.kernel_size**2 * numel(shapes[i + 1][1:])
             per_side = 6 * n_in if isinstance(layer, ReLU) else n_in + n_out + cols
+            per_side = 2 * n_in if taped else per_side
         total += 2 * per_side
     return float(total * itemsize)
