@@ -68,7 +68,7 @@ from .spec import (
 # DeepPoly back-substitutes only the picked rows (``_unstable_picks``: a conv map's sites and
 # channels, a dense layer's neurons per sample) when they are at most this fraction of all;
 # above it, picking costs about as much as it saves.
-SITE_FRACTION = 0.8
+SITE_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
