@@ -655,7 +655,8 @@ def _unstable_picks(one_step: Box, shape: tuple, patched: bool, sites: bool):
         # and rows shared by the batch cross the layers before the first ReLU once
         rows = anywhere
     else:
-        rows = xp.argsort(~unstable, axis=1)[:, :m]
+        # int8 keys (not bools, on either backend): any sort puts the unstable neurons (0) first
+        rows = xp.argsort((~unstable).astype(xp.int8), axis=1)[:, :m]
     return Picks(rows, None, xp.arange(B)[:, None] * N + rows)
 
 
