@@ -8,7 +8,8 @@ Three optimizers share one loop; each is a small ``Method`` (init, step):
   (paper Sec. 3.4), Adam; sigma decays with the learning rate.
 - ``pgpe``: antithetic population theta +- eps, losses of all members in one
   vectorised pass (``pop_chunk`` members at a time; 0: ``objectives.population_chunk``,
-  as many as fit the memory budget, fewer for back-substitution), centre updated by Adam or ClipUp, sigma adapted (paper Sec. 3.1).
+  as many as fit the memory budget, fewer for back-substitution), centre updated by
+  Adam or ClipUp, sigma adapted (paper Sec. 3.1).
 
 Memory: ``--max-memory-gb 0`` (the default) is resolved once, when the run starts, to a
 budget picked from free memory (``gls_np.memory``; rank 0's pick, for every rank); the

@@ -541,7 +541,7 @@ def _backsubstituted(
     def rows_of(units):
         def fn(theta, lo, up, C, *pre_flat):
             params = net.unravel(theta)
-            bounds = {i: Box(pre_flat[2 * j], pre_flat[2 * j + 1]) for j, i in enumerate(order)}
+            bounds = _pre_boxes(order, pre_flat)
             if head:
                 hd = fold_spec(net.layers[-1], params[-1], C)
                 A = _rows_first(ops.getitem(hd.W, (Ellipsis, units, slice(None))), 1)
@@ -560,11 +560,8 @@ def _backsubstituted(
 
     parts = []
     for bs in slices(B, batch_chunk):
-        args = [_take(box.lb, nlead, bs, B), _take(box.ub, nlead, bs, B)]
-        args.append(None if C is None else _take(C, 0, bs, B))
-        for i in order:
-            axis = data(pre[i].lb).ndim - len(shapes[i]) - 1
-            args += [_take(pre[i].lb, axis, bs, B), _take(pre[i].ub, axis, bs, B)]
+        lo, up, *pre_flat = _batch_args(box, pre, order, shapes, bs)
+        args = [lo, up, None if C is None else _take(C, 0, bs, B), *pre_flat]
         rows = []
         for us in slices(n_units, unit_chunk):
             if slots is not None:
@@ -690,7 +687,7 @@ def _sites_bounds(net, theta, box: Box, pre: dict, k: int, budget_bytes, recompu
     def rows_of(picked):
         def fn(theta, lo, up, *pre_flat):
             params = net.unravel(theta)
-            bounds = {i: Box(pre_flat[2 * j], pre_flat[2 * j + 1]) for j, i in enumerate(order)}
+            bounds = _pre_boxes(order, pre_flat)
             A, b = patches.eye(lo, nlead, shape, pick.rows, picked)
             lin = backsubstitute(net.layers[:k], params, shapes, bounds, LinearBounds(A, b, A, b))
             return stack(concretize(lin, Box(lo, up)))
@@ -701,11 +698,7 @@ def _sites_bounds(net, theta, box: Box, pre: dict, k: int, budget_bytes, recompu
     for s in slices(len(pick.sites), max(1, int(budget_bytes // item))):
         picked = pick.sites[s]
         first, last = int(picked[0]) // per_sample, int(picked[-1]) // per_sample
-        bs = slice(first, last + 1)
-        args = [_take(box.lb, nlead, bs, B), _take(box.ub, nlead, bs, B)]
-        for i in order:
-            axis = data(pre[i].lb).ndim - len(shapes[i]) - 1
-            args += [_take(pre[i].lb, axis, bs, B), _take(pre[i].ub, axis, bs, B)]
+        args = _batch_args(box, pre, order, shapes, slice(first, last + 1))
         fn = rows_of(picked - first * per_sample)
         parts.append(ops.recompute(fn, theta, *args) if recompute else fn(theta, *args))
     return unstack(cat(parts, axis=-2))
@@ -734,6 +727,26 @@ def _patched(net, k: int) -> bool:
     They do when they are a convolution's outputs (each depends on a window only).
     """
     return k < len(net.layers) - 1 and isinstance(net.layers[k - 1], Conv2d)
+
+
+def _batch_args(box: Box, pre: dict, order, shapes, bs: slice) -> list:
+    """The samples ``bs`` of the input box and of the ReLU bounds ``pre[i]``, i in ``order``.
+
+    Returns [lb, ub, pre[i].lb, pre[i].ub, ...]: a chunk's arguments (``ops.recompute``
+    takes arrays, not boxes); ``_pre_boxes`` turns the tail back into boxes.
+    """
+    nlead = data(box.lb).ndim - len(input_shape(box)) - 1
+    B = data(box.lb).shape[nlead]
+    args = [_take(box.lb, nlead, bs, B), _take(box.ub, nlead, bs, B)]
+    for i in order:
+        axis = data(pre[i].lb).ndim - len(shapes[i]) - 1
+        args += [_take(pre[i].lb, axis, bs, B), _take(pre[i].ub, axis, bs, B)]
+    return args
+
+
+def _pre_boxes(order, pre_flat) -> dict:
+    """{i: Box} from ``_batch_args``' flat tail [pre[i].lb, pre[i].ub, ...], i in ``order``."""
+    return {i: Box(pre_flat[2 * j], pre_flat[2 * j + 1]) for j, i in enumerate(order)}
 
 
 def _take(a, axis: int, bs: slice, B: int):
