@@ -35,7 +35,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-main test-mpi demo demo-ce demo-mpi bench bench-mpi clean distclean
+.PHONY: help venv test test-main test-mpi demo demo-ce demo-mpi bench bench-mpi gpu-check clean distclean
 
 help:
 	@echo "make demo       the paper's method in miniature: PGD warm start, then PGPE on DeepPoly bounds"
@@ -44,6 +44,7 @@ help:
 	@echo "make demo-mpi   IBP warm start, then PGPE on IBP bounds, over RANKS=$(RANKS) MPI ranks (mpiexec)"
 	@echo "make bench      run benchmarks/run.py"
 	@echo "make bench-mpi  PGPE step time over 1 and 2 ranks and the bytes each --comm mode sends"
+	@echo "make gpu-check  every gpu test, then the benchmark on the GPU (CuPy already installed)"
 	@echo "make venv       create $(VENV) and install gls_np with test extras (editable)"
 	@echo "make clean      remove caches and build outputs; distclean also removes $(VENV)"
 
@@ -111,6 +112,11 @@ bench: venv
 
 bench-mpi: venv
 	$(PY) benchmarks/run.py --only mpi --archs cnn3
+
+# No venv: a GPU machine has CuPy in its own Python and is often offline (see the script).
+GPU_OUT ?= benchmarks/results
+gpu-check:
+	sh benchmarks/gpu_check.sh $(GPU_OUT)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis runs/demo runs/demo-pgd runs/demo-pgpe runs/demo-mpi-grad runs/demo-mpi

@@ -7,6 +7,7 @@ Usage:
   python benchmarks/run.py --only bounds --archs cnn3 --datasets cifar10 --methods ibp,deeppoly
   python benchmarks/run.py --only train --train-relax ibp,deeppoly --rgs-samples 2
   GLS_NP_MALLOC=default python benchmarks/run.py   # without backend.tune_allocator()
+  python benchmarks/run.py --device gpu          # the same workloads on CuPy arrays (a GPU)
 
 Groups (--only): gemm (always measured: the peak of the "of peak" column), forward (forward
 pass; cross-entropy loss + gradient), bounds (each relaxation's margin bounds, and its robust
@@ -22,6 +23,10 @@ networks: PGPE members or RGS points, each on the whole batch), the GFLOP/s that
 is (the algorithm's GEMM FLOPs, counted analytically: see ``flops``) and its
 fraction of the float32 GEMM GFLOP/s measured at the start of the same run. The
 machine is noisy: compare ratios, not seconds.
+
+With --device gpu every array lives on the GPU (CuPy), each timed call ends with a
+device synchronisation, the GEMM peak is the GPU's, and the memory column is the
+most CuPy's memory pool held (the certify group stays on the CPU: its MILP is).
 """
 
 from __future__ import annotations
@@ -44,24 +49,63 @@ METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 HEAVY = ("deeppoly", "hbox")
 
 
-def best_time(fn, repeats):
-    """Best wall time of ``repeats`` calls after one warm-up call."""
+def use_device(device: str):
+    """Select ``device`` for new arrays; return the function that waits for its queued work.
+
+    On the GPU a call returns once its kernels are queued, so every timed call ends
+    with a synchronisation. Raises RuntimeError with one line where CuPy or a GPU is missing.
+    """
+    from gls_np.backend import default_xp, set_device
+
+    set_device(device)
+    if device == "cpu":
+        return lambda: None
+    cupy = default_xp()
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError where there is no driver
+        raise RuntimeError(f"--device gpu: CuPy finds no CUDA device ({exc})") from None
+    if count < 1:
+        raise RuntimeError("--device gpu: CuPy finds no CUDA device")
+    return cupy.cuda.Device().synchronize
+
+
+def peak_memory(device: str) -> dict:
+    """This process's peak RSS (MB) and, on the GPU, the most CuPy's memory pool held (MB).
+
+    The pool keeps every block it allocated until it is freed explicitly, so its total
+    is the most the workload held at once (give or take the pool's rounding).
+    """
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "gpu":
+        from gls_np.backend import default_xp
+
+        out["peak_gpu_mb"] = default_xp().get_default_memory_pool().total_bytes() / 2**20
+    return out
+
+
+def best_time(fn, repeats, sync=lambda: None):
+    """Best wall time of ``repeats`` calls after one warm-up call, each ended by ``sync()``."""
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
-def gemm_gflops(n=2048, repeats=5):
-    from gls_np.backend import np
+def gemm_gflops(n=2048, repeats=5, device="cpu"):
+    """float32 GEMM GFLOP/s of an n x n x n product on ``device``."""
+    from gls_np.backend import np, to_device
 
+    sync = use_device(device)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
+    a = to_device(rng.standard_normal((n, n), dtype=np.float32))
+    b = to_device(rng.standard_normal((n, n), dtype=np.float32))
+    return 2 * n**3 / best_time(lambda: a @ b, repeats, sync) / 1e9
 
 
 def layer_flops(net):
@@ -177,6 +221,7 @@ def training_step(spec, net, x, y):
         batch_size=spec["batch"],
         eps=spec["eps"],
         rgs_samples=spec.get("rgs_samples", 2),
+        device=spec.get("device", "cpu"),
     )
     step = train.build_method(cfg, None, net)
     loss_fn = objectives.make(method, net)
@@ -192,16 +237,18 @@ def training_step(spec, net, x, y):
 def worker(spec: dict) -> dict:
     """Run one workload in this process and return its row."""
     from gls_np import bounds, nets, objectives
-    from gls_np.backend import np, tune_allocator
+    from gls_np.backend import np, to_device, tune_allocator
     from gls_np.tensor import value_and_grad
 
     tune_allocator()  # reuse freed memory instead of page-faulting in new memory
+    device = spec.get("device", "cpu")
+    sync = use_device(device)
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
     K = net.layers[-1].out_features
     rng = np.random.default_rng(0)
     B = spec["batch"]
-    x = rng.random((B, *net.input_shape), dtype=np.float32)
-    y = rng.integers(0, K, B)
+    x = to_device(rng.random((B, *net.input_shape), dtype=np.float32))
+    y = to_device(rng.integers(0, K, B))
     kind, _, grad = spec["workload"].partition("+")
     mode, _, method = kind.partition(":")
     networks = 1
@@ -210,7 +257,8 @@ def worker(spec: dict) -> dict:
 
         loss = objectives.make(method, net)
         P = spec["popsize"]
-        thetas = net.theta + 1e-3 * rng.standard_normal((P, net.n_params), dtype=np.float32)
+        noise = rng.standard_normal((P, net.n_params), dtype=np.float32)
+        thetas = net.theta + 1e-3 * to_device(noise)
         # vec: one call; chunked: the trainer's members per call (--pop-chunk 0); loop: one each
         chunk = {"pgpe-vec": P, "pgpe-loop": 1}.get(mode) or objectives.population_chunk(
             net, method, x.shape, P, budget_gb(0)
@@ -238,7 +286,7 @@ def worker(spec: dict) -> dict:
         box = bounds.linf_box(x, spec["eps"])
         C = bounds.margin_spec(y, K, dtype=net.dtype)
         fn = lambda: bounds.compute(net, box.lb, box.ub, kind, C=C)  # noqa: E731
-    t = best_time(fn, spec["repeats"])
+    t = best_time(fn, spec["repeats"], sync)
     per_call = B * networks
     return {
         **spec,
@@ -247,7 +295,7 @@ def worker(spec: dict) -> dict:
         "call_s": t,
         "images_per_s": per_call / t,
         "gflops": per_call * flops(net, spec["workload"]) / t / 1e9,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory(device),
     }
 
 
@@ -261,10 +309,14 @@ def mpi_worker(spec: dict) -> dict | None:
 
     mpi_run.limit_blas_threads()  # before numpy: cores // ranks BLAS threads per rank
     from gls_np import distributed, nets, objectives, train
-    from gls_np.backend import np
+    from gls_np.backend import np, to_device
     from gls_np.config import Config
 
     comm = distributed.world()
+    device = spec.get("device", "cpu")
+    sync = use_device(device)
+    if device == "gpu":
+        distributed.bind_gpu(comm)  # ranks share the node's GPUs round robin, as training does
     cfg = Config(
         arch=spec["arch"],
         dataset=spec["dataset"],
@@ -274,19 +326,21 @@ def mpi_worker(spec: dict) -> dict | None:
         batch_size=spec["batch"],
         eps=spec["eps"],
         comm=spec["comm"],
+        device=device,
     )
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
     method = train.pgpe_method(cfg, comm, net)
     loss_fn = objectives.make(spec["method"], net)
     rng = np.random.default_rng(0)
-    x = rng.random((spec["batch"], *net.input_shape), dtype=np.float32)
-    y = rng.integers(0, net.layers[-1].out_features, spec["batch"])
+    x = to_device(rng.random((spec["batch"], *net.input_shape), dtype=np.float32))
+    y = to_device(rng.integers(0, net.layers[-1].out_features, spec["batch"]))
     state = method.init(net.theta)
     times, sent = [], 0
     for k in range(spec["repeats"] + 1):
         comm.barrier()
         before, t0 = comm.bytes_sent, time.perf_counter()
         _, state = method.step(state, loss_fn, x, y, spec["eps"], 1e-3, 0.0, (0, 1, k))
+        sync()
         t = max(comm.allgather(time.perf_counter() - t0))
         sent = comm.bytes_sent - before
         if k:  # the first step warms up
@@ -304,7 +358,7 @@ def mpi_worker(spec: dict) -> dict | None:
         "bytes_per_step": sent,
         "images_per_s": per_call / step_s,
         "gflops": per_call * flops(net, spec["workload"]) / step_s / 1e9,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory(device),
     }
 
 
@@ -435,7 +489,13 @@ def plan(args) -> list:
     specs = []
     groups = args.only.split(",")
     for dataset, arch in itertools.product(args.datasets.split(","), args.archs.split(",")):
-        base = {"arch": arch, "dataset": dataset, "eps": args.eps, "repeats": args.repeats}
+        base = {
+            "arch": arch,
+            "dataset": dataset,
+            "eps": args.eps,
+            "repeats": args.repeats,
+            "device": args.device,
+        }
         light = arch == "cnn3" and dataset != "cifar10"
         if "forward" in groups:
             specs += [
@@ -565,7 +625,18 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default="", help="trained CNN3 of the certify group")
     p.add_argument("--certify-n", type=int, default=100, help="test samples of the certify group")
     p.add_argument("--certify-timeout", type=float, default=60.0, help="MILP s per sample")
-    p.add_argument("--gemm-size", type=int, default=2048, help="n of the n^3 float32 GEMM")
+    p.add_argument(
+        "--gemm-size",
+        type=int,
+        default=0,
+        help="n of the n^3 float32 GEMM (default 2048 on the CPU, 8192 on the GPU)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where the arrays live: NumPy on the CPU, or CuPy on the GPU",
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds per workload")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -591,9 +662,10 @@ def print_row(r: dict, peak: float) -> None:
         print(f"{lead}  {r['error']}", flush=True)
         return
     star = "*" if r["unit"] == "network-images" else " "
+    memory = r.get("peak_gpu_mb", r["peak_rss_mb"])
     print(
         f"{lead}{r['images_per_s']:>11,.1f}{star}{r['gflops']:>8.1f}{r['gflops'] / peak:>9.1%}"
-        f"{r['peak_rss_mb']:>12,.0f}",
+        f"{memory:>12,.0f}",
         flush=True,
     )
 
@@ -612,11 +684,17 @@ def main(argv=None):
             print(json.dumps(row))
         return
     specs = plan(args)
-    peak = gemm_gflops(args.gemm_size, repeats=args.repeats)
-    print(f"float32 GEMM ({args.gemm_size}^3, numpy): {peak:.1f} GFLOP/s; eps {args.eps}")
+    args.gemm_size = args.gemm_size or (8192 if args.device == "gpu" else 2048)
+    try:
+        peak = gemm_gflops(args.gemm_size, repeats=args.repeats, device=args.device)
+    except RuntimeError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    lib = "cupy" if args.device == "gpu" else "numpy"
+    print(f"float32 GEMM ({args.gemm_size}^3, {lib}): {peak:.1f} GFLOP/s; eps {args.eps}")
+    memory = "peak GPU MB" if args.device == "gpu" else "peak RSS MB"
     print(
         f"{'workload':<24}{'arch':<6}{'dataset':<14}{'batch':>6}{'img/s':>12}{'GFLOP/s':>8}"
-        f"{'of peak':>9}{'peak RSS MB':>12}"
+        f"{'of peak':>9}{memory:>12}"
     )
     rows = []
     for spec in specs:

@@ -188,3 +188,60 @@ def test_rgs_step_counts_network_images(bench):
     assert "error" not in row, row.get("error")
     assert row["unit"] == "network-images" and row["images_per_call"] == 12
     assert row["images_per_s"] == pytest.approx(12 / row["call_s"])
+
+
+def test_plan_gives_every_workload_the_device(bench):
+    for argv, device in (([], "cpu"), (["--device", "gpu"], "gpu")):
+        specs = bench.plan(bench.parse_args(["--only", "forward,bounds,pgpe,train,mpi", *argv]))
+        assert specs and {s["device"] for s in specs} == {device}
+
+
+def _cupy_with_a_device() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_cupy_with_a_device(), reason="this machine has CuPy and a GPU")
+def test_device_gpu_without_a_gpu_stops_with_one_line(bench):
+    with pytest.raises(SystemExit) as info:
+        bench.main(
+            ["--only", "forward", "--archs", "cnn3", "--datasets", "mnist", "--device", "gpu"]
+        )
+    message = str(info.value)
+    assert "\n" not in message and ("CuPy" in message or "CUDA" in message), message
+
+
+@pytest.mark.gpu
+def test_end_to_end_on_the_gpu(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(
+        [
+            "--only",
+            "forward,bounds,pgpe",
+            "--archs",
+            "cnn3",
+            "--datasets",
+            "mnist",
+            "--batch",
+            "8",
+            "--pgpe-batch",
+            "8",
+            "--popsize",
+            "4",
+            "--repeats",
+            "1",
+            "--device",
+            "gpu",
+            "--json",
+            str(out),
+        ]
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 + 2 * 4 + 3 * 3
+    for r in rows:
+        assert "error" not in r, (r["workload"], r.get("error"))
+        assert r["device"] == "gpu" and r["images_per_s"] > 0 and r["peak_gpu_mb"] > 0

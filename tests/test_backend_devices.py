@@ -1,0 +1,253 @@
+"""The same results on every device: gls_np on CuPy arrays against gls_np on NumPy arrays.
+
+Every test takes the ``xp`` fixture. Under cupy (marked ``gpu``: skipped without CuPy and a
+CUDA device) the workload runs on device arrays and must give NumPy's numbers, in float64
+to RTOL (cuBLAS and CuPy's reductions add in other orders), and keep its property
+(soundness over sampled points, a decreasing loss). Under numpy the same test runs the
+harness and checks the property on the CPU, so a GPU session finds the tests themselves
+already working. ``benchmarks/run.py --device gpu`` times the same paths.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+from gls_np import attacks, backend, bounds, checkpoint, nets, objectives, ops
+from gls_np.backend import to_host
+from gls_np.bounds import crown
+from gls_np.config import Config
+from gls_np.tensor import value_and_grad
+
+RTOL = 1e-9
+
+
+@pytest.fixture
+def device(xp):
+    """Select the device of ``xp`` for new arrays for the test; the CPU again after it."""
+    before = backend.device()
+    backend.set_device("cpu" if xp is np else "gpu")
+    yield xp
+    backend.set_device(before)
+
+
+def on(xp, net):
+    """A copy of ``net`` whose parameters live where ``xp``'s arrays do."""
+    moved = copy.copy(net)
+    moved.theta = xp.asarray(net.theta)
+    return moved
+
+
+def assert_close(got, want, what):
+    got, want = to_host(got), to_host(want)
+    scale = max(1.0, float(np.max(np.abs(want))))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+
+
+def cnn3(seed=0):
+    """The paper's CNN3 for MNIST in float64, built on the host."""
+    before = backend.device()
+    backend.set_device("cpu")
+    try:
+        return nets.build("cnn3", "mnist", dtype="float64", init="ibp", seed=seed)
+    finally:
+        backend.set_device(before)
+
+
+def problem(rng, batch=4, eps=0.05):
+    x = rng.uniform(0, 1, (batch, 1, 28, 28))
+    y = rng.integers(0, 10, batch)
+    return x, y, eps
+
+
+@pytest.mark.parametrize("members", [0, 3], ids=["single", "population"])
+@pytest.mark.parametrize("method", bounds.METHODS)
+def test_bounds_match_numpy_and_hold_at_sampled_points(method, members, device, rng):
+    xp = device
+    net = cnn3()
+    x, y, eps = problem(rng)
+    box = bounds.linf_box(x, eps)
+    C = bounds.margin_spec(y, 10, dtype=np.float64)
+    params = net.theta + 0.02 * rng.standard_normal((members, net.n_params)) if members else None
+    want = bounds.compute(net, box.lb, box.ub, method, C=C, params=params)
+    dev = on(xp, net)
+    got = bounds.compute(
+        dev,
+        xp.asarray(box.lb),
+        xp.asarray(box.ub),
+        method,
+        C=xp.asarray(C),
+        params=None if params is None else xp.asarray(params),
+    )
+    for g, w, side in zip(got, want, ("lb", "ub")):
+        assert type(g) is type(xp.asarray(0.0))
+        assert_close(g, w, f"{method} {side}")
+    lb, ub = (to_host(a) for a in got)
+    points = xp.asarray(rng.uniform(box.lb, box.ub, (16, *box.lb.shape)))
+    for k in range(16):
+        logits = to_host(dev.forward(points[k], None if params is None else xp.asarray(params)))
+        margins = np.einsum("bsk,...bk->...bs", C, logits)
+        assert np.all(margins >= lb - 1e-9) and np.all(margins <= ub + 1e-9), method
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0], ids=["channels", "sites"])
+def test_deeppoly_skipping_paths_match_numpy(fraction, device, rng, monkeypatch):
+    """Small eps leaves most neurons stable, so the picked rows and their gathers run."""
+    xp = device
+    monkeypatch.setattr(crown, "SITE_FRACTION", fraction)
+    path = "_sites_bounds" if fraction else "_backsubstituted"
+    calls, run = [], getattr(crown, path)
+
+    def counted(*args, **kw):
+        if path == "_sites_bounds" or kw.get("slots") is not None:
+            calls.append(path)
+        return run(*args, **kw)
+
+    monkeypatch.setattr(crown, path, counted)
+    net = cnn3()
+    x, y, _ = problem(rng, batch=6)
+    box = bounds.linf_box(x, 0.002)
+    C = bounds.margin_spec(y, 10, dtype=np.float64)
+    want = bounds.intermediate_bounds(net, box.lb, box.ub, "deeppoly")
+    want_out = bounds.compute(net, box.lb, box.ub, "deeppoly", C=C)
+    dev = on(xp, net)
+    lo, up = xp.asarray(box.lb), xp.asarray(box.ub)
+    got = bounds.intermediate_bounds(dev, lo, up, "deeppoly")
+    got_out = bounds.compute(dev, lo, up, "deeppoly", C=xp.asarray(C))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert_close(got[k].lb, want[k].lb, f"pre[{k}] lb")
+        assert_close(got[k].ub, want[k].ub, f"pre[{k}] ub")
+    assert_close(got_out[0], want_out[0], "out lb")
+    assert_close(got_out[1], want_out[1], "out ub")
+    assert len(calls) >= 4, f"{path} ran {len(calls)} times"  # two passes on each device
+
+
+@pytest.mark.parametrize("relax", ["none", "pgd", "ibp", "crown-ibp", "deeppoly", "mtl-ibp"])
+def test_loss_and_gradient_match_numpy(relax, device, rng):
+    xp = device
+    net = cnn3()
+    x, y, eps = problem(rng, batch=3)
+    want = value_and_grad(
+        lambda t: objectives.make(relax, net, pgd_steps=2)(
+            t, x, y, eps, net.theta, np.random.default_rng(1)
+        ),
+        net.theta,
+    )
+    dev = on(xp, net)
+    xd, yd = xp.asarray(x), xp.asarray(y)
+    got = value_and_grad(
+        lambda t: objectives.make(relax, dev, pgd_steps=2)(
+            t, xd, yd, eps, dev.theta, np.random.default_rng(1)
+        ),
+        dev.theta,
+    )
+    assert_close(got[0], want[0], f"{relax} loss")
+    assert_close(got[1][0], want[1][0], f"{relax} gradient")
+    assert np.isfinite(float(got[0]))
+
+
+@pytest.mark.parametrize("relax", ["ibp", "deeppoly"])
+def test_population_losses_match_numpy(relax, device, rng):
+    xp = device
+    net = cnn3()
+    x, y, eps = problem(rng, batch=3)
+    thetas = net.theta + 0.02 * rng.standard_normal((4, net.n_params))
+    want = objectives.make(relax, net)(thetas, x, y, eps, net.theta, None)
+    dev = on(xp, net)
+    got = objectives.make(relax, dev)(
+        xp.asarray(thetas), xp.asarray(x), xp.asarray(y), eps, dev.theta, None
+    )
+    assert got.shape == (4,)
+    assert_close(got, want, f"{relax} population losses")
+
+
+@pytest.mark.parametrize("optimizer", ["grad", "rgs", "pgpe"])
+def test_training_steps_match_numpy(optimizer, device, rng):
+    """Three steps of each method from one start: the same parameters on both devices."""
+    from gls_np import train
+
+    xp = device
+    x, y, eps = problem(rng, batch=4)
+
+    def three_steps(dev_name):
+        before = backend.device()
+        backend.set_device(dev_name)
+        try:
+            cfg = Config(
+                arch="cnn3",
+                dataset="mnist",
+                relax="ibp",
+                optimizer=optimizer,
+                popsize=4,
+                rgs_samples=2,
+                batch_size=4,
+                eps=eps,
+                dtype="float64",
+                device=dev_name,
+            )
+            net = on(backend.default_xp(), cnn3())
+            method = train.build_method(cfg, None, net)
+            loss_fn = objectives.make("ibp", net)
+            state, losses = method.init(net.theta), []
+            for k in range(3):
+                loss, state = method.step(state, loss_fn, x, y, eps, 1e-3, 0.0, (0, 1, k))
+                losses.append(loss)
+            return method.center(state), losses
+        finally:
+            backend.set_device(before)
+
+    want, want_losses = three_steps("cpu")
+    got, got_losses = three_steps("cpu" if xp is np else "gpu")
+    assert type(got) is type(xp.asarray(0.0))
+    assert_close(got, want, f"{optimizer} parameters")
+    np.testing.assert_allclose(got_losses, want_losses, rtol=RTOL)
+    assert np.all(np.isfinite(got_losses))
+
+
+def test_pgd_stays_in_the_box_and_matches_numpy(device, rng):
+    xp = device
+    net = cnn3()
+    x, y, eps = problem(rng, batch=4, eps=0.1)
+    want = attacks.pgd(net, x, y, eps, steps=5, rng=np.random.default_rng(3))
+    dev = on(xp, net)
+    got = attacks.pgd(dev, xp.asarray(x), xp.asarray(y), eps, steps=5, rng=np.random.default_rng(3))
+    g = to_host(got)
+    assert np.all(g >= np.clip(x - eps, 0, 1) - 1e-12) and np.all(
+        g <= np.clip(x + eps, 0, 1) + 1e-12
+    )
+    assert_close(g, want, "adversarial points")
+
+
+def test_checkpoint_of_a_device_network_round_trips(device, tmp_path, rng):
+    xp = device
+    dev = on(xp, cnn3())
+    path = tmp_path / "net.h5"
+    checkpoint.save(path, dev, arch="cnn3", dataset="mnist")
+    loaded, _ = checkpoint.load(path)
+    assert type(loaded.theta) is type(xp.asarray(0.0))
+    assert_close(loaded.theta, dev.theta, "theta")
+
+
+def test_scatter_add_take_and_put_match_numpy(device, rng):
+    xp = device
+    rows = rng.standard_normal((7, 3, 2))
+    for idx in (rng.integers(0, 5, 7), np.sort(rng.integers(0, 3, 7)), np.arange(7)):
+        n = int(idx.max()) + 1
+        want = np.zeros((n, 3, 2))
+        np.add.at(want, idx, rows)
+        got = backend.scatter_add(xp.asarray(rows), xp.asarray(idx), n)
+        assert_close(got, want, f"scatter_add {idx}")
+        taken = ops.take(xp.asarray(rows), xp.asarray(idx % 7), 0)
+        assert_close(taken, rows[idx % 7], "take")
+    distinct = rng.permutation(7)[:4]
+    base = rng.standard_normal((7, 3, 2))
+    want = base.copy()
+    want[distinct] = rows[:4]
+    got = ops.put(xp.asarray(base), xp.asarray(distinct), xp.asarray(rows[:4]), 0)
+    assert_close(got, want, "put")
+
+
+def test_free_memory_is_the_devices(device):
+    assert backend.free_memory_bytes() > 0
+    assert backend.device() == ("cpu" if device is np else "gpu")
