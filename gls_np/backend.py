@@ -171,7 +171,9 @@ def contiguous(a: Array, block: int = 64) -> Array:
     2-3x faster than one copy on arrays beyond the cache. Shapes: unchanged.
     """
     xp = get_xp(a)
-    if a.flags.c_contiguous or a.nbytes < (1 << 20) or a.strides[-1] == a.itemsize:
+    # blocking is for a CPU cache: on a GPU each block would be one more kernel launch
+    small = a.nbytes < (1 << 20) or is_cupy(a)
+    if a.flags.c_contiguous or small or a.strides[-1] == a.itemsize:
         return xp.ascontiguousarray(a)
     out = xp.empty(a.shape, dtype=a.dtype)
     for j in range(0, a.shape[-1], block):
@@ -351,7 +353,9 @@ def scatter_add(g: Array, idx: Array, n: int) -> Array:
     if bool((step > 0).all()):
         out[idx] = g
         return out
-    if bool((step >= 0).all()):
+    # a sorted index's runs as slice sums beat NumPy's add.at; on a GPU add.at is one
+    # atomic kernel, where each run would be a launch
+    if not is_cupy(g) and bool((step >= 0).all()):
         starts = to_host(xp.flatnonzero(step)) + 1
         if len(starts) < _MAX_RUNS:
             bounds = [0, *starts.tolist(), len(idx)]
@@ -359,10 +363,6 @@ def scatter_add(g: Array, idx: Array, n: int) -> Array:
             for row, s, e in zip(rows, bounds[:-1], bounds[1:]):
                 g[s:e].sum(axis=0, keepdims=True, out=out[row : row + 1])
             return out
-    if is_cupy(g):  # pragma: no cover - needs a GPU
-        import cupyx
-
-        cupyx.scatter_add(out, idx, g)
-    else:
-        np.add.at(out, idx, g)
+    # ufunc.at on both backends: CuPy has add.at (since v12) and deprecates cupyx.scatter_add
+    xp.add.at(out, idx, g)
     return out

@@ -487,10 +487,19 @@ def matmul(a, b):
 # on a CPU. They are made one block of output rows (and population members) at a
 # time, about _BLOCK_BYTES, into one reused buffer that stays in cache between the
 # copy and the GEMM; the weight gradients remake them the same way instead of
-# keeping them on the tape.
+# keeping them on the tape. A GPU has no such cache to fit and every block costs
+# k^2 copy kernels and a GEMM launch, but tens of GB of memory: there the blocks and
+# the kept columns are as large as the GPU_ sizes (not yet tuned on a GPU).
 
 _BLOCK_BYTES = 16 << 20
 _KEEP_COLS_BYTES = 64 << 20
+_GPU_BLOCK_BYTES = 256 << 20
+_GPU_KEEP_COLS_BYTES = 1 << 30
+
+
+def _block_bytes(xp) -> int:
+    """Return the im2col block size on the device of ``xp``."""
+    return _BLOCK_BYTES if xp is np else _GPU_BLOCK_BYTES
 
 
 def _conv_lead(x, W):
@@ -556,16 +565,16 @@ def _mm(Wm, cols, reduce=False, out=None):
     return xp.matmul(Wm, cols, out=out)
 
 
-def _blocks(members, rows, row_bytes):
-    """Split (members, output rows) into blocks of about _BLOCK_BYTES.
+def _blocks(members, rows, row_bytes, limit):
+    """Split (members, output rows) into blocks of about ``limit`` bytes (``_block_bytes``).
 
     Returns [(p0, p1, r0, r1)]: whole members while they fit, else bands of rows.
     """
     member_bytes = rows * row_bytes
-    if member_bytes <= _BLOCK_BYTES:
-        step = max(1, _BLOCK_BYTES // max(member_bytes, 1))
+    if member_bytes <= limit:
+        step = max(1, limit // max(member_bytes, 1))
         return [(p, min(p + step, members), 0, rows) for p in range(0, members, step)]
-    step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    step = max(1, limit // max(row_bytes, 1))
     return [
         (p, p + 1, r, min(r + step, rows)) for p in range(members) for r in range(0, rows, step)
     ]
@@ -588,7 +597,7 @@ def _each_block(xl, kh, kw, stride, padding, together, out_rows, use, whole=Fals
     group = xl.shape[0] if xl.ndim == 5 and together else 1
     row_bytes = (group * C * kh * kw + out_rows) * Wo * N * xl.itemsize
     members = xl.shape[0] if per_member else 1
-    blocks = [(0, members, 0, Ho)] if whole else _blocks(members, Ho, row_bytes)
+    blocks = [(0, members, 0, Ho)] if whole else _blocks(members, Ho, row_bytes, _block_bytes(xp))
     p0, p1, r0, r1 = blocks[0]
     buf = xp.empty(max(p1 - p0, group) * C * kh * kw * (r1 - r0) * Wo * N, dtype=xl.dtype)
     for p0, p1, r0, r1 in blocks:
@@ -743,7 +752,8 @@ def _transposed(yl, W, H, Wi, stride, padding, reduce=False, method=None):
         return x
     Wm = xp.swapaxes(W.reshape(*W.shape[:-3], C * k * kw), -1, -2)
     row_bytes = stacked * C * k * kw * Wo * N * yl.itemsize
-    for p0, p1, r0, r1 in _blocks(yl.shape[0] if per_member else 1, Ho, row_bytes):
+    members = yl.shape[0] if per_member else 1
+    for p0, p1, r0, r1 in _blocks(members, Ho, row_bytes, _block_bytes(xp)):
         dcols = _mm(Wm[p0:p1] if per_member else Wm, _band(yl, p0, p1, r0, r1, per_member), reduce)
         dcols = dcols.reshape(*dcols.shape[:-2], C, k, kw, r1 - r0, Wo, N)
         unwindows(
@@ -775,7 +785,8 @@ def conv2d(x, W, stride=1, padding=0):
     xl = _batch_last(xs, xlead, batch)
     out_lead = Wd.shape[:-4] if Wd.ndim == 5 else lead
     # the weight gradient needs the columns again: keep them when they are small
-    keep = needs_grad(W) and _cols_bytes(xl, kh, kw, stride, padding) <= _KEEP_COLS_BYTES
+    keep_limit = _KEEP_COLS_BYTES if get_xp(xl) is np else _GPU_KEEP_COLS_BYTES
+    keep = needs_grad(W) and _cols_bytes(xl, kh, kw, stride, padding) <= keep_limit
     out, cols = _convolved(xl, Wd, stride, padding, keep)
     out = _from_last(out, out_lead, batch)
 
