@@ -137,12 +137,17 @@ def gradient_method(cfg: Config, comm=None, sigma_at=None) -> Method:
                 loss, g = rgs_share(
                     grad_fn, theta, sigma_at(epoch), n_points, points, lambda i: make_rng((*key, i))
                 )
-        share = (rows.stop - rows.start) / B
-        part = np.concatenate([[float(loss)], to_host(g).astype(np.float64)]) * share
-        total = comm.allreduce(part)
-        g = to_device(total[1:], theta.dtype)
+        if comm.size == 1:
+            # nothing to sum: the gradient stays on its device (the float64 round trip
+            # below is exact for it, so the step is the same)
+            loss = float(loss)
+        else:
+            share = (rows.stop - rows.start) / B
+            part = np.concatenate([[float(loss)], to_host(g).astype(np.float64)]) * share
+            total = comm.allreduce(part)
+            loss, g = float(total[0]), to_device(total[1:], theta.dtype)
         update, opt_state = opt.update(g, state["opt"], lr)
-        return float(total[0]), {"theta": theta + update, "opt": opt_state}
+        return loss, {"theta": theta + update, "opt": opt_state}
 
     return Method(init, step, lambda state: state["theta"])
 
@@ -214,10 +219,13 @@ def pgpe_method(cfg: Config, comm=None, net=None) -> Method:
             g_center, g_sigma = pgpe.grads(all_noise(state, z), losses, state["sigma"])
         else:
             share = pgpe.grads(z, losses, state["sigma"], pairs)
-            total = comm.allreduce(np.concatenate([to_host(g) for g in share]))
-            D = center.shape[0]
-            g_center = to_device(total[:D], center.dtype)
-            g_sigma = to_device(total[D:], center.dtype)
+            if comm.size == 1:  # nothing to sum: the estimate stays on its device
+                g_center, g_sigma = (g.astype(center.dtype, copy=False) for g in share)
+            else:
+                total = comm.allreduce(np.concatenate([to_host(g) for g in share]))
+                D = center.shape[0]
+                g_center = to_device(total[:D], center.dtype)
+                g_sigma = to_device(total[D:], center.dtype)
         return float(losses.mean()), pgpe.update(state, g_center, g_sigma, lr)
 
     return Method(pgpe.init, step, lambda state: state["center"])
