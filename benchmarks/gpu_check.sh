@@ -5,7 +5,8 @@
 #
 #   sh benchmarks/gpu_check.sh [OUT_DIR]       # default OUT_DIR: benchmarks/results
 #
-# Env: PYTHON (default python3), GPU_BENCH_ONLY (default gemm,forward,bounds,pgpe).
+# Env: PYTHON (default python3), GPU_BENCH_ONLY (default gemm,forward,bounds,pgpe),
+# GPU_BENCH_TIMEOUT (seconds per workload, default 120: a lent GPU's time is short).
 # Writes OUT_DIR/gpu_tests.log, OUT_DIR/gpu.json and OUT_DIR/gpu_bench.log; exits non-zero
 # when CuPy sees no GPU or any step fails.
 set -u
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
 py=${PYTHON:-python3}
 only=${GPU_BENCH_ONLY:-gemm,forward,bounds,pgpe}
+timeout=${GPU_BENCH_TIMEOUT:-120}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
@@ -29,7 +31,8 @@ print("cupy", cupy.__version__, "numpy", numpy.__version__, "on", d["name"].deco
 tests=$(cat "$out/.pytest_rc")
 rm -f "$out/.pytest_rc"
 
-"$py" benchmarks/run.py --device gpu --only "$only" --datasets mnist --json "$out/gpu.json" \
+"$py" benchmarks/run.py --device gpu --only "$only" --datasets mnist --timeout "$timeout" \
+    --json "$out/gpu.json" \
     2>&1 | tee "$out/gpu_bench.log"
 # a workload that failed is a row with an "error" (the table goes on past it)
 "$py" -c 'import json, sys
