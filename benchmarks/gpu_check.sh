@@ -5,6 +5,14 @@
 #
 #   sh benchmarks/gpu_check.sh [OUT_DIR]       # default OUT_DIR: benchmarks/results
 #
+# The training-run and certification tests read MNIST and the reference networks from the
+# shared folder (env GLS_NP_SHARED, default ../shared); a machine without it skips them. To
+# take them to a machine that gets only the repository, pack 13 MB into an ignored folder:
+#   echo /.gpu_shared/ >>.git/info/exclude; mkdir -p .gpu_shared/data
+#   cp -r ../shared/data/SHA256SUMS ../shared/data/mnist .gpu_shared/data/
+#   cp -r ../shared/reference .gpu_shared/
+# and run there with GLS_NP_SHARED=$PWD/.gpu_shared.
+#
 # Env: PYTHON (default python3), GPU_BENCH_ONLY (default gemm,forward,bounds,pgpe),
 # GPU_BENCH_TIMEOUT (seconds per workload, default 120: a lent GPU's time is short).
 # Writes OUT_DIR/gpu_tests.log, OUT_DIR/gpu.json and OUT_DIR/gpu_bench.log; exits non-zero

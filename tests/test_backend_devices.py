@@ -251,3 +251,82 @@ def test_scatter_add_take_and_put_match_numpy(device, rng):
 def test_free_memory_is_the_devices(device):
     assert backend.free_memory_bytes() > 0
     assert backend.device() == ("cpu" if device is np else "gpu")
+
+
+@pytest.fixture
+def mnist_mirror(monkeypatch, shared_dir):
+    """MNIST from the shared data folder (a GPU session carries it: benchmarks/gpu_check.sh)."""
+    mirror = shared_dir / "data"
+    if not (mirror / "mnist").is_dir():
+        pytest.skip(f"no MNIST under {mirror}")
+    monkeypatch.setenv("GLS_NP_DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("GLS_NP_PROGRESS", "0")
+
+
+@pytest.mark.parametrize(
+    "optimizer, relax", [("grad", "ibp"), ("pgpe", "deeppoly")], ids=["grad-ibp", "pgpe-deeppoly"]
+)
+def test_a_training_run_matches_numpy(optimizer, relax, device, mnist_mirror, tmp_path):
+    """train.run end to end (steps, evaluation, PGD and certified accuracy, checkpoint)."""
+    from gls_np import train
+
+    xp = device
+
+    def run(dev_name):
+        cfg = Config(
+            arch="cnn3",
+            dataset="mnist",
+            relax=relax,
+            optimizer=optimizer,
+            eps=0.05,
+            epochs=1,
+            batch_size=8,
+            train_size=24,
+            test_size=16,
+            cert_size=8,
+            popsize=4,
+            pgd_steps=2,
+            lr=1e-3,
+            dtype="float64",
+            device=dev_name,
+            seed=5,
+            out=str(tmp_path / dev_name),
+            data_dir=str(tmp_path / "data"),
+        )
+        before = backend.device()
+        try:
+            last = train.run(cfg)
+        finally:
+            backend.set_device(before)
+        return last, checkpoint.load(tmp_path / dev_name / "checkpoint.h5")[0].theta
+
+    want, want_theta = run("cpu")
+    got, got_theta = run("cpu" if xp is np else "gpu")
+    assert got["step"] == want["step"] == 3
+    for key in ("train_loss", "test_acc", "adv_acc", "cert_acc"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-7, err_msg=key)
+    assert_close(got_theta, want_theta, "trained parameters")
+
+
+def test_the_certification_cascade_matches_numpy(device, shared_dir):
+    """Every incomplete step on device arrays, on a trained CNN3: the same verdicts by the same
+    steps (the MILP, timed and on the host, is left out: timeout 0)."""
+    import json
+
+    from gls_np import model
+    from gls_np.certify import cascade
+
+    xp = device
+    ref = np.load(shared_dir / "reference" / "bounds" / "cnn3_mnist_trained_eps0.1.npz")
+    net = model.from_layers(json.loads(str(ref["layers"])), dtype="float64")
+    net.load_state_dict({k[len("param.") :]: ref[k] for k in ref.files if k.startswith("param.")})
+    x, y = ref["x"], ref["y"]
+    opts = cascade.Options(eps=0.05, pgd_steps=5, pgd_restarts=1, alpha_steps=3, timeout=0.0)
+    want, _ = cascade.certify(net, x, y, np.arange(len(y)), opts)
+    got, _ = cascade.certify(on(xp, net), x, y, np.arange(len(y)), opts)
+    verdicts = [(r["step"], r["status"]) for r in got]
+    assert verdicts == [(r["step"], r["status"]) for r in want]
+    assert len({step for step, _ in verdicts}) >= 4, verdicts
+    for r, w in zip(got, want):
+        for key in ("lb_ibp", "lb_crown_ibp", "lb_deeppoly", "lb_alpha_crown"):
+            np.testing.assert_allclose(r[key], w[key], rtol=1e-7, err_msg=key)
