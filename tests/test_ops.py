@@ -319,6 +319,23 @@ def random_geometry(rng, max_hw=11):
     return k, s, p, H, W
 
 
+def test_windows_view_of_the_gpu_path_matches_the_definition(rng):
+    # CuPy's windows are one copy of this strided view; it is plain array code, so NumPy checks it
+    from gls_np.backend import _windows_view
+
+    for _ in range(40):
+        k, s, p, H, W = random_geometry(rng)
+        x = rng.standard_normal((2, 3, H, W))
+        ref = naive_windows(x, k, s, p)
+        Ho = ref.shape[-2]
+        np.testing.assert_array_equal(_windows_view(x, k, k, s, p, 0, (0, Ho)), ref)
+        xl = np.ascontiguousarray(np.moveaxis(x, 0, -1))  # batch last, trailing=1
+        r0 = int(rng.integers(0, Ho))
+        r1 = int(rng.integers(r0 + 1, Ho + 1))
+        band = _windows_view(xl, k, k, s, p, 1, (r0, r1))
+        np.testing.assert_array_equal(np.moveaxis(band, -1, 0), ref[..., r0:r1, :])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_windows_bands_and_trailing_axes_match_the_definition(dtype, xp, rng):
     from gls_np.backend import to_host, unwindows, windows
