@@ -309,8 +309,10 @@ def mpi_worker(spec: dict) -> dict | None:
 
     mpi_run.limit_blas_threads()  # before numpy: cores // ranks BLAS threads per rank
     from gls_np import distributed, nets, objectives, train
-    from gls_np.backend import np, to_device
+    from gls_np.backend import np, to_device, tune_allocator
     from gls_np.config import Config
+
+    tune_allocator()  # as mpi_run.py does: the step is timed as training runs it
 
     comm = distributed.world()
     device = spec.get("device", "cpu")
