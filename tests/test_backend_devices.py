@@ -1,13 +1,15 @@
 """The same results on every device: gls_np on CuPy arrays against gls_np on NumPy arrays.
 
 Every test takes the ``xp`` fixture. Under cupy (marked ``gpu``: skipped without CuPy and a
-CUDA device) the workload runs on device arrays and must give NumPy's numbers, in float64
+CUDA device) the workload runs on device arrays, with the GPU selected for new arrays
+(``using``), and must give the numbers of the same workload on the CPU, in float64
 to RTOL (cuBLAS and CuPy's reductions add in other orders), and keep its property
 (soundness over sampled points, a decreasing loss). Under numpy the same test runs the
 harness and checks the property on the CPU, so a GPU session finds the tests themselves
 already working. ``benchmarks/run.py --device gpu`` times the same paths.
 """
 
+import contextlib
 import copy
 
 import numpy as np
@@ -22,13 +24,15 @@ from gls_np.tensor import value_and_grad
 RTOL = 1e-9
 
 
-@pytest.fixture
-def device(xp):
-    """Select the device of ``xp`` for new arrays for the test; the CPU again after it."""
+@contextlib.contextmanager
+def using(xp):
+    """Select the device of ``xp`` for new arrays inside the block (references run outside)."""
     before = backend.device()
     backend.set_device("cpu" if xp is np else "gpu")
-    yield xp
-    backend.set_device(before)
+    try:
+        yield
+    finally:
+        backend.set_device(before)
 
 
 def on(xp, net):
@@ -62,8 +66,7 @@ def problem(rng, batch=4, eps=0.05):
 
 @pytest.mark.parametrize("members", [0, 3], ids=["single", "population"])
 @pytest.mark.parametrize("method", bounds.METHODS)
-def test_bounds_match_numpy_and_hold_at_sampled_points(method, members, device, rng):
-    xp = device
+def test_bounds_match_numpy_and_hold_at_sampled_points(method, members, xp, rng):
     net = cnn3()
     x, y, eps = problem(rng)
     box = bounds.linf_box(x, eps)
@@ -71,14 +74,15 @@ def test_bounds_match_numpy_and_hold_at_sampled_points(method, members, device, 
     params = net.theta + 0.02 * rng.standard_normal((members, net.n_params)) if members else None
     want = bounds.compute(net, box.lb, box.ub, method, C=C, params=params)
     dev = on(xp, net)
-    got = bounds.compute(
-        dev,
-        xp.asarray(box.lb),
-        xp.asarray(box.ub),
-        method,
-        C=xp.asarray(C),
-        params=None if params is None else xp.asarray(params),
-    )
+    with using(xp):
+        got = bounds.compute(
+            dev,
+            xp.asarray(box.lb),
+            xp.asarray(box.ub),
+            method,
+            C=xp.asarray(C),
+            params=None if params is None else xp.asarray(params),
+        )
     for g, w, side in zip(got, want, ("lb", "ub")):
         assert type(g) is type(xp.asarray(0.0))
         assert_close(g, w, f"{method} {side}")
@@ -91,9 +95,8 @@ def test_bounds_match_numpy_and_hold_at_sampled_points(method, members, device, 
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0], ids=["channels", "sites"])
-def test_deeppoly_skipping_paths_match_numpy(fraction, device, rng, monkeypatch):
+def test_deeppoly_skipping_paths_match_numpy(fraction, xp, rng, monkeypatch):
     """Small eps leaves most neurons stable, so the picked rows and their gathers run."""
-    xp = device
     monkeypatch.setattr(crown, "SITE_FRACTION", fraction)
     path = "_sites_bounds" if fraction else "_backsubstituted"
     calls, run = [], getattr(crown, path)
@@ -112,8 +115,9 @@ def test_deeppoly_skipping_paths_match_numpy(fraction, device, rng, monkeypatch)
     want_out = bounds.compute(net, box.lb, box.ub, "deeppoly", C=C)
     dev = on(xp, net)
     lo, up = xp.asarray(box.lb), xp.asarray(box.ub)
-    got = bounds.intermediate_bounds(dev, lo, up, "deeppoly")
-    got_out = bounds.compute(dev, lo, up, "deeppoly", C=xp.asarray(C))
+    with using(xp):
+        got = bounds.intermediate_bounds(dev, lo, up, "deeppoly")
+        got_out = bounds.compute(dev, lo, up, "deeppoly", C=xp.asarray(C))
     assert got.keys() == want.keys()
     for k in want:
         assert_close(got[k].lb, want[k].lb, f"pre[{k}] lb")
@@ -124,8 +128,7 @@ def test_deeppoly_skipping_paths_match_numpy(fraction, device, rng, monkeypatch)
 
 
 @pytest.mark.parametrize("relax", ["none", "pgd", "ibp", "crown-ibp", "deeppoly", "mtl-ibp"])
-def test_loss_and_gradient_match_numpy(relax, device, rng):
-    xp = device
+def test_loss_and_gradient_match_numpy(relax, xp, rng):
     net = cnn3()
     x, y, eps = problem(rng, batch=3)
     want = value_and_grad(
@@ -136,38 +139,38 @@ def test_loss_and_gradient_match_numpy(relax, device, rng):
     )
     dev = on(xp, net)
     xd, yd = xp.asarray(x), xp.asarray(y)
-    got = value_and_grad(
-        lambda t: objectives.make(relax, dev, pgd_steps=2)(
-            t, xd, yd, eps, dev.theta, np.random.default_rng(1)
-        ),
-        dev.theta,
-    )
+    with using(xp):
+        got = value_and_grad(
+            lambda t: objectives.make(relax, dev, pgd_steps=2)(
+                t, xd, yd, eps, dev.theta, np.random.default_rng(1)
+            ),
+            dev.theta,
+        )
     assert_close(got[0], want[0], f"{relax} loss")
     assert_close(got[1][0], want[1][0], f"{relax} gradient")
     assert np.isfinite(float(got[0]))
 
 
 @pytest.mark.parametrize("relax", ["ibp", "deeppoly"])
-def test_population_losses_match_numpy(relax, device, rng):
-    xp = device
+def test_population_losses_match_numpy(relax, xp, rng):
     net = cnn3()
     x, y, eps = problem(rng, batch=3)
     thetas = net.theta + 0.02 * rng.standard_normal((4, net.n_params))
     want = objectives.make(relax, net)(thetas, x, y, eps, net.theta, None)
     dev = on(xp, net)
-    got = objectives.make(relax, dev)(
-        xp.asarray(thetas), xp.asarray(x), xp.asarray(y), eps, dev.theta, None
-    )
+    with using(xp):
+        got = objectives.make(relax, dev)(
+            xp.asarray(thetas), xp.asarray(x), xp.asarray(y), eps, dev.theta, None
+        )
     assert got.shape == (4,)
     assert_close(got, want, f"{relax} population losses")
 
 
 @pytest.mark.parametrize("optimizer", ["grad", "rgs", "pgpe"])
-def test_training_steps_match_numpy(optimizer, device, rng):
+def test_training_steps_match_numpy(optimizer, xp, rng):
     """Three steps of each method from one start: the same parameters on both devices."""
     from gls_np import train
 
-    xp = device
     x, y, eps = problem(rng, batch=4)
 
     def three_steps(dev_name):
@@ -205,13 +208,15 @@ def test_training_steps_match_numpy(optimizer, device, rng):
     assert np.all(np.isfinite(got_losses))
 
 
-def test_pgd_stays_in_the_box_and_matches_numpy(device, rng):
-    xp = device
+def test_pgd_stays_in_the_box_and_matches_numpy(xp, rng):
     net = cnn3()
     x, y, eps = problem(rng, batch=4, eps=0.1)
     want = attacks.pgd(net, x, y, eps, steps=5, rng=np.random.default_rng(3))
     dev = on(xp, net)
-    got = attacks.pgd(dev, xp.asarray(x), xp.asarray(y), eps, steps=5, rng=np.random.default_rng(3))
+    with using(xp):
+        got = attacks.pgd(
+            dev, xp.asarray(x), xp.asarray(y), eps, steps=5, rng=np.random.default_rng(3)
+        )
     g = to_host(got)
     assert np.all(g >= np.clip(x - eps, 0, 1) - 1e-12) and np.all(
         g <= np.clip(x + eps, 0, 1) + 1e-12
@@ -219,18 +224,17 @@ def test_pgd_stays_in_the_box_and_matches_numpy(device, rng):
     assert_close(g, want, "adversarial points")
 
 
-def test_checkpoint_of_a_device_network_round_trips(device, tmp_path, rng):
-    xp = device
+def test_checkpoint_of_a_device_network_round_trips(xp, tmp_path, rng):
     dev = on(xp, cnn3())
     path = tmp_path / "net.h5"
-    checkpoint.save(path, dev, arch="cnn3", dataset="mnist")
-    loaded, _ = checkpoint.load(path)
+    with using(xp):
+        checkpoint.save(path, dev, arch="cnn3", dataset="mnist")
+        loaded, _ = checkpoint.load(path)
     assert type(loaded.theta) is type(xp.asarray(0.0))
     assert_close(loaded.theta, dev.theta, "theta")
 
 
-def test_scatter_add_take_and_put_match_numpy(device, rng):
-    xp = device
+def test_scatter_add_take_and_put_match_numpy(xp, rng):
     rows = rng.standard_normal((7, 3, 2))
     for idx in (rng.integers(0, 5, 7), np.sort(rng.integers(0, 3, 7)), np.arange(7)):
         n = int(idx.max()) + 1
@@ -248,9 +252,10 @@ def test_scatter_add_take_and_put_match_numpy(device, rng):
     assert_close(got, want, "put")
 
 
-def test_free_memory_is_the_devices(device):
-    assert backend.free_memory_bytes() > 0
-    assert backend.device() == ("cpu" if device is np else "gpu")
+def test_free_memory_is_the_devices(xp):
+    with using(xp):
+        assert backend.free_memory_bytes() > 0
+        assert backend.device() == ("cpu" if xp is np else "gpu")
 
 
 @pytest.fixture
@@ -266,11 +271,9 @@ def mnist_mirror(monkeypatch, shared_dir):
 @pytest.mark.parametrize(
     "optimizer, relax", [("grad", "ibp"), ("pgpe", "deeppoly")], ids=["grad-ibp", "pgpe-deeppoly"]
 )
-def test_a_training_run_matches_numpy(optimizer, relax, device, mnist_mirror, tmp_path):
+def test_a_training_run_matches_numpy(optimizer, relax, xp, mnist_mirror, tmp_path):
     """train.run end to end (steps, evaluation, PGD and certified accuracy, checkpoint)."""
     from gls_np import train
-
-    xp = device
 
     def run(dev_name):
         cfg = Config(
@@ -308,7 +311,7 @@ def test_a_training_run_matches_numpy(optimizer, relax, device, mnist_mirror, tm
     assert_close(got_theta, want_theta, "trained parameters")
 
 
-def test_the_certification_cascade_matches_numpy(device, shared_dir):
+def test_the_certification_cascade_matches_numpy(xp, shared_dir):
     """Every incomplete step on device arrays, on a trained CNN3: the same verdicts by the same
     steps (the MILP, timed and on the host, is left out: timeout 0)."""
     import json
@@ -316,14 +319,14 @@ def test_the_certification_cascade_matches_numpy(device, shared_dir):
     from gls_np import model
     from gls_np.certify import cascade
 
-    xp = device
     ref = np.load(shared_dir / "reference" / "bounds" / "cnn3_mnist_trained_eps0.1.npz")
     net = model.from_layers(json.loads(str(ref["layers"])), dtype="float64")
     net.load_state_dict({k[len("param.") :]: ref[k] for k in ref.files if k.startswith("param.")})
     x, y = ref["x"], ref["y"]
     opts = cascade.Options(eps=0.05, pgd_steps=5, pgd_restarts=1, alpha_steps=3, timeout=0.0)
     want, _ = cascade.certify(net, x, y, np.arange(len(y)), opts)
-    got, _ = cascade.certify(on(xp, net), x, y, np.arange(len(y)), opts)
+    with using(xp):
+        got, _ = cascade.certify(on(xp, net), x, y, np.arange(len(y)), opts)
     verdicts = [(r["step"], r["status"]) for r in got]
     assert verdicts == [(r["step"], r["status"]) for r in want]
     assert len({step for step, _ in verdicts}) >= 4, verdicts
