@@ -316,9 +316,9 @@ def mpi_worker(spec: dict) -> dict | None:
 
     comm = distributed.world()
     device = spec.get("device", "cpu")
-    sync = use_device(device)
     if device == "gpu":
         distributed.bind_gpu(comm)  # ranks share the node's GPUs round robin, as training does
+    sync = use_device(device)  # after the binding: it waits for this rank's GPU
     cfg = Config(
         arch=spec["arch"],
         dataset=spec["dataset"],
