@@ -43,7 +43,7 @@ help:
 	@echo "make demo-ce    standard training: CNN3 on MNIST for one epoch, then inspect the checkpoint"
 	@echo "make demo-mpi   IBP warm start, then PGPE on IBP bounds, over RANKS=$(RANKS) MPI ranks (mpiexec)"
 	@echo "make bench      run benchmarks/run.py"
-	@echo "make bench-mpi  PGPE step time over 1 and 2 ranks and the bytes each --comm mode sends"
+	@echo "make bench-mpi  PGPE and GRAD step times over 1 and 2 ranks, and the bytes each sends"
 	@echo "make gpu-check  every gpu test, then the benchmark on the GPU (CuPy already installed)"
 	@echo "make venv       create $(VENV) and install gls_np with test extras (editable)"
 	@echo "make clean      remove caches and build outputs; distclean also removes $(VENV)"

@@ -300,10 +300,11 @@ def worker(spec: dict) -> dict:
 
 
 def mpi_worker(spec: dict) -> dict | None:
-    """One PGPE training step over this MPI job's ranks (mpi group); the row on rank 0 only.
+    """One PGPE or GRAD training step over this MPI job's ranks (mpi group); the row on rank 0.
 
-    The step is train.pgpe_method's (ask this rank's pairs, score them, gather the losses,
-    combine by spec["comm"], update); its time is the slowest rank's, best of the repeats.
+    The step is gls_np.train's: PGPE asks this rank's pairs, scores them, gathers the losses
+    and combines by spec["comm"]; GRAD takes this rank's rows of the batch and allreduces
+    the gradient. Its time is the slowest rank's, best of the repeats.
     """
     import mpi_run
 
@@ -319,19 +320,20 @@ def mpi_worker(spec: dict) -> dict | None:
     if device == "gpu":
         distributed.bind_gpu(comm)  # ranks share the node's GPUs round robin, as training does
     sync = use_device(device)  # after the binding: it waits for this rank's GPU
+    optimizer = spec.get("optimizer", "pgpe")
     cfg = Config(
         arch=spec["arch"],
         dataset=spec["dataset"],
         relax=spec["method"],
-        optimizer="pgpe",
-        popsize=spec["popsize"],
+        optimizer=optimizer,
+        popsize=spec.get("popsize", 2),
         batch_size=spec["batch"],
         eps=spec["eps"],
         comm=spec["comm"],
         device=device,
     )
     net = nets.build(spec["arch"], spec["dataset"], init="ibp")
-    method = train.pgpe_method(cfg, comm, net)
+    method = train.build_method(cfg, comm, net)
     loss_fn = objectives.make(spec["method"], net)
     rng = np.random.default_rng(0)
     x = to_device(rng.random((spec["batch"], *net.input_shape), dtype=np.float32))
@@ -350,10 +352,11 @@ def mpi_worker(spec: dict) -> dict | None:
     if comm.rank:
         return None
     step_s = min(times)
-    per_call = spec["batch"] * spec["popsize"]
+    members = spec["popsize"] if optimizer == "pgpe" else 1
+    per_call = spec["batch"] * members
     return {
         **spec,
-        "unit": "network-images",
+        "unit": "network-images" if members > 1 else "images",
         "images_per_call": per_call,
         "call_s": step_s,
         "step_s": step_s,
@@ -426,20 +429,18 @@ def mpi_command(ranks: int) -> list:
 def print_mpi_summary(rows: list) -> None:
     """Step time and bytes per rank and step of the mpi group, and R=2's speed-up over R=1."""
     rows = [r for r in rows if "ranks" in r and "step_s" in r]
+
+    def key(r):
+        return r["arch"], r["dataset"], r.get("optimizer", "pgpe"), r["method"]
+
     for r in rows:
-        one = next(
-            (
-                o["step_s"]
-                for o in rows
-                if o["ranks"] == 1 and (o["arch"], o["dataset"]) == (r["arch"], r["dataset"])
-            ),
-            None,
-        )
+        one = next((o["step_s"] for o in rows if o["ranks"] == 1 and key(o) == key(r)), None)
         speedup = f", {one / r['step_s']:.2f}x R=1" if one else ""
+        step = f"{key(r)[2].upper()} step, {r['method']}"
         print(
-            f"mpi: PGPE step {r['arch']} {r['dataset']:<13} R={r['ranks']} --comm {r['comm']:<9} "
-            f"{r['step_s'] * 1e3:8.1f} ms{speedup}, {r['bytes_per_step']:,} bytes sent per rank "
-            "and step"
+            f"mpi: {step:<20} {r['arch']} {r['dataset']:<13} R={r['ranks']} "
+            f"--comm {r['comm']:<9} {r['step_s'] * 1e3:8.1f} ms{speedup}, "
+            f"{r['bytes_per_step']:,} bytes sent per rank and step"
         )
 
 
@@ -564,6 +565,19 @@ def plan(args) -> list:
                         "popsize": args.popsize,
                         "ranks": ranks,
                         "comm": comm,
+                    }
+                )
+            # GRAD, data-parallel: each rank takes half the batch's rows
+            for relax, ranks in itertools.product(args.train_relax.split(","), (1, 2)):
+                specs.append(
+                    {
+                        **base,
+                        "workload": f"grad-mpi{ranks}:{relax}",
+                        "method": relax,
+                        "optimizer": "grad",
+                        "batch": args.heavy_batch,
+                        "ranks": ranks,
+                        "comm": "allreduce",
                     }
                 )
     if "certify" in groups:

@@ -245,3 +245,13 @@ def test_end_to_end_on_the_gpu(bench, tmp_path):
     for r in rows:
         assert "error" not in r, (r["workload"], r.get("error"))
         assert r["device"] == "gpu" and r["images_per_s"] > 0 and r["peak_gpu_mb"] > 0
+
+
+def test_plan_mpi_group_has_pgpe_and_data_parallel_grad_steps(bench):
+    specs = bench.plan(
+        bench.parse_args(["--only", "mpi", "--archs", "cnn3", "--datasets", "mnist"])
+    )
+    grad = {(s["method"], s["ranks"]) for s in specs if s.get("optimizer") == "grad"}
+    assert grad == {(m, r) for m in ("ibp", "deeppoly") for r in (1, 2)}
+    pgpe = {(s["ranks"], s["comm"]) for s in specs if "optimizer" not in s}
+    assert pgpe == {(1, "allreduce"), (2, "allreduce"), (2, "seeds")}
