@@ -224,3 +224,14 @@ def test_blas_threads_never_oversubscribe_the_cores(local, given, expected, word
     note = mpi_run.limit_blas_threads()
     assert word in note
     assert os.environ["OPENBLAS_NUM_THREADS"] == expected
+
+
+def test_a_lone_process_on_a_multicore_cpu_is_told_about_ranks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import mpi_run
+
+    hint = mpi_run.ranks_hint(2, 1, "cpu")
+    assert "mpiexec -n 2" in hint and "\n" not in hint
+    assert mpi_run.ranks_hint(2, 2, "cpu") is None  # already one rank per core
+    assert mpi_run.ranks_hint(1, 1, "cpu") is None
+    assert mpi_run.ranks_hint(8, 1, "gpu") is None
