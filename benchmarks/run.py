@@ -57,16 +57,17 @@ def use_device(device: str):
     """
     from gls_np.backend import default_xp, set_device
 
-    set_device(device)
+    set_device(device)  # a RuntimeError where CuPy is missing
     if device == "cpu":
         return lambda: None
-    cupy = default_xp()
+    cupy, why = default_xp(), ""
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError where there is no driver
-        raise RuntimeError(f"--device gpu: CuPy finds no CUDA device ({exc})") from None
+        count, why = 0, f" ({exc})"
     if count < 1:
-        raise RuntimeError("--device gpu: CuPy finds no CUDA device")
+        set_device("cpu")  # no GPU selection left behind
+        raise RuntimeError(f"--device gpu: CuPy finds no CUDA device{why}")
     return cupy.cuda.Device().synchronize
 
 
@@ -672,6 +673,15 @@ def parse_args(argv=None):
     return args
 
 
+def write_json(args, peak: float, rows: list) -> None:
+    """Write the GEMM peak, the options and the rows so far to ``--json`` (atomically)."""
+    out = {"gemm_gflops": peak, "gemm_size": args.gemm_size, "options": vars(args), "rows": rows}
+    path = Path(args.json)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(path)
+
+
 def print_row(r: dict, peak: float) -> None:
     lead = f"{r['workload']:<24}{r['arch']:<6}{r['dataset']:<14}{r['batch']:>6}"
     if "error" in r:
@@ -716,6 +726,8 @@ def main(argv=None):
     for spec in specs:
         rows.append(run_workload(spec, args.timeout))
         print_row(rows[-1], peak)
+        if args.json:  # after every row: a run stopped midway keeps what it measured
+            write_json(args, peak, rows)
     if any(r.get("unit") == "network-images" for r in rows):
         print(
             "* network-images/s: one call evaluates several networks on the batch "
@@ -725,13 +737,7 @@ def main(argv=None):
     print_mpi_summary(rows)
     print_certify_summary(rows)
     if args.json:
-        out = {
-            "gemm_gflops": peak,
-            "gemm_size": args.gemm_size,
-            "options": vars(args),
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args, peak, rows)
 
 
 if __name__ == "__main__":

@@ -166,14 +166,14 @@ def tune_allocator(keep_bytes: int = 1 << 31) -> bool:
 def contiguous(a: Array, block: int = 64) -> Array:
     """Return a C-contiguous copy of ``a`` (``a`` itself when it already is one).
 
-    A transposed view (a strided last axis) is copied ``block`` columns at a time:
-    each source cache line then serves ``block`` values before it is evicted,
-    2-3x faster than one copy on arrays beyond the cache. Shapes: unchanged.
+    On NumPy, a transposed view (a strided last axis) is copied ``block`` columns at a
+    time: each source cache line then serves ``block`` values before it is evicted,
+    2-3x faster than one copy on arrays beyond the cache. On CuPy it is one copy (each
+    block would be one more kernel launch). Shapes: unchanged.
     """
     xp = get_xp(a)
-    # blocking is for a CPU cache: on a GPU each block would be one more kernel launch
-    small = a.nbytes < (1 << 20) or is_cupy(a)
-    if a.flags.c_contiguous or small or a.strides[-1] == a.itemsize:
+    one_copy = a.nbytes < (1 << 20) or is_cupy(a)
+    if a.flags.c_contiguous or one_copy or a.strides[-1] == a.itemsize:
         return xp.ascontiguousarray(a)
     out = xp.empty(a.shape, dtype=a.dtype)
     for j in range(0, a.shape[-1], block):
@@ -274,7 +274,9 @@ def windows(
     return out
 
 
-def _windows_view(x: Array, kh: int, kw: int, stride: int, padding: int, trailing: int, rows):
+def _windows_view(
+    x: Array, kh: int, kw: int, stride: int, padding: int, trailing: int, rows: tuple
+) -> Array:
     """``windows`` of output rows [r0, r1) as a strided view of the zero-padded image.
 
     Shapes: x (*lead, H, W, *trail) -> view (*lead, kh, kw, r1 - r0, Wo, *trail). Two
@@ -367,9 +369,10 @@ def scatter_add(g: Array, idx: Array, n: int) -> Array:
     """Sum the rows of ``g`` into ``n`` rows at ``idx``: the adjoint of ``a[idx]``.
 
     Shapes: g (len(idx), ...), idx (len(idx),) integer in [0, n) -> (n, ...).
-    A strictly increasing index is a plain assignment; a sorted one with few
+    A strictly increasing index is a plain assignment; on NumPy a sorted one with few
     distinct values (rows grouped by sample) sums each run of equal entries as a
-    slice, far faster than ``add.at``, which is the general case.
+    slice, far faster than ``add.at``, which is the general case (and CuPy's only one:
+    one atomic kernel there, where each run would be a launch).
     """
     xp = get_xp(g, idx)
     out = xp.zeros((n, *g.shape[1:]), dtype=g.dtype)
@@ -379,8 +382,6 @@ def scatter_add(g: Array, idx: Array, n: int) -> Array:
     if bool((step > 0).all()):
         out[idx] = g
         return out
-    # a sorted index's runs as slice sums beat NumPy's add.at; on a GPU add.at is one
-    # atomic kernel, where each run would be a launch
     if not is_cupy(g) and bool((step >= 0).all()):
         starts = to_host(xp.flatnonzero(step)) + 1
         if len(starts) < _MAX_RUNS:

@@ -488,8 +488,9 @@ def matmul(a, b):
 # time, about _BLOCK_BYTES, into one reused buffer that stays in cache between the
 # copy and the GEMM; the weight gradients remake them the same way instead of
 # keeping them on the tape. A GPU has no such cache to fit and every block costs
-# k^2 copy kernels and a GEMM launch, but tens of GB of memory: there the blocks and
-# the kept columns are as large as the GPU_ sizes (not yet tuned on a GPU).
+# kernel launches (a padding, a copy, a GEMM; col2im's k^2 slice additions), but it
+# has tens of GB of memory: there the blocks and the kept columns are as large as
+# the GPU_ sizes (not yet tuned on a GPU).
 
 _BLOCK_BYTES = 16 << 20
 _KEEP_COLS_BYTES = 64 << 20

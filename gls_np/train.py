@@ -140,7 +140,7 @@ def gradient_method(cfg: Config, comm=None, sigma_at=None) -> Method:
         if comm.size == 1:
             # nothing to sum: the gradient stays on its device (the float64 round trip
             # below is exact for it, so the step is the same)
-            loss = float(loss)
+            loss, g = float(loss), g.astype(theta.dtype, copy=False)
         else:
             share = (rows.stop - rows.start) / B
             part = np.concatenate([[float(loss)], to_host(g).astype(np.float64)]) * share

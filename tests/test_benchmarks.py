@@ -22,6 +22,16 @@ def bench():
     return module
 
 
+@pytest.fixture(autouse=True)
+def device_selection():
+    """``main`` measures the GEMM peak in this process: its device selection must not leak."""
+    from gls_np import backend
+
+    before = backend.device()
+    yield
+    backend.set_device(before)
+
+
 def planned(bench, *argv):
     return [
         (s["workload"], s["arch"], s["dataset"], s["batch"])
