@@ -127,7 +127,8 @@ class Sequential:
         """
         theta = self.theta if theta is None else theta
         if not isinstance(x, Tensor):
-            x = get_xp(x).asarray(x, dtype=self.dtype)
+            # a host batch goes to the parameters' device (net(x) on a GPU network)
+            x = get_xp(x, data(theta)).asarray(x, dtype=self.dtype)
         if data(theta).ndim == 2:
             # NOTE: a shared input gets a population axis of size 1, so the first
             # layer stacks the P weight tensors into one GEMM

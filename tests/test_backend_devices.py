@@ -216,6 +216,15 @@ def test_pgd_stays_in_the_box_and_matches_numpy(xp, rng):
     assert_close(g, want, "adversarial points")
 
 
+def test_a_device_network_takes_a_host_batch(xp, rng):
+    net = cnn3()
+    x = rng.uniform(0, 1, (3, 1, 28, 28))
+    want = net(x)
+    got = on(xp, net)(x)  # x stays a NumPy array: forward moves it to the parameters
+    assert type(got) is type(xp.asarray(0.0))
+    assert_close(got, want, "logits")
+
+
 def test_checkpoint_of_a_device_network_round_trips(xp, tmp_path, rng):
     dev = on(xp, cnn3())
     path = tmp_path / "net.h5"
