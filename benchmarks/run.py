@@ -394,7 +394,7 @@ def certify_worker(spec: dict) -> dict:
         "call_s": seconds,
         "images_per_s": n / seconds,
         "gflops": float("nan"),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory("cpu"),
         "steps": {k: {"seconds": v[0], "samples": v[1]} for k, v in steps.items()},
         "certified": sum(r["status"] == "certified" for r in records) / n,
         "timeouts": sum(r["status"] == "timeout" for r in records),

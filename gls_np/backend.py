@@ -292,10 +292,21 @@ def _windows_view(
         width[hax] = width[hax + 1] = (padding, padding)
         x = xp.pad(x, width)
     x = x[(slice(None),) * hax + (slice(r0 * stride, None),)]
+    view = _sliding(x, hax, kh, kw, stride, (r1 - r0, Wo))
+    return xp.moveaxis(view, (hax + 2, hax + 3), (hax, hax + 1))
+
+
+def _sliding(x: Array, hax: int, kh: int, kw: int, stride: int, out_hw: tuple) -> Array:
+    """View the (kh, kw) windows at ``stride`` of the spatial axes hax, hax + 1 (no copy).
+
+    Shapes: x (*lead, H, W, *trail) -> (*lead, Ho, Wo, kh, kw, *trail) with (Ho, Wo) =
+    ``out_hw``; window (i, j) starts at x[..., i stride, j stride, ...]. The caller makes
+    sure every window lies inside x.
+    """
     sh, sw = x.strides[hax : hax + 2]
-    shape = (*x.shape[:hax], kh, kw, r1 - r0, Wo, *x.shape[hax + 2 :])
-    strides = (*x.strides[:hax], sh, sw, sh * stride, sw * stride, *x.strides[hax + 2 :])
-    return xp.lib.stride_tricks.as_strided(x, shape, strides)
+    shape = (*x.shape[:hax], *out_hw, kh, kw, *x.shape[hax + 2 :])
+    strides = (*x.strides[:hax], sh * stride, sw * stride, sh, sw, *x.strides[hax + 2 :])
+    return get_xp(x).lib.stride_tricks.as_strided(x, shape, strides)
 
 
 def unwindows(
@@ -355,10 +366,7 @@ def patch_view(x: Array, p: int, stride: int, rows_hw: tuple) -> Array:
     H, W = x.shape[-2:]
     if (Hk - 1) * stride + p > H or (Wk - 1) * stride + p > W:
         raise ValueError(f"patch_view: {Hk}x{Wk} windows of {p} at stride {stride} overrun {H}x{W}")
-    sh, sw = x.strides[-2:]
-    shape = (*x.shape[:-2], Hk, Wk, p, p)
-    strides = (*x.strides[:-2], sh * stride, sw * stride, sh, sw)
-    return get_xp(x).lib.stride_tricks.as_strided(x, shape, strides)
+    return _sliding(x, x.ndim - 2, p, p, stride, rows_hw)
 
 
 # a sorted index with at most this many distinct values is summed one run at a time
