@@ -35,11 +35,12 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-main test-mpi demo demo-ce demo-mpi bench bench-mpi gpu-check clean distclean
+.PHONY: help venv test test-main test-mpi test-gpu-emulated demo demo-ce demo-mpi bench bench-mpi gpu-check clean distclean
 
 help:
 	@echo "make demo       the paper's method in miniature: PGD warm start, then PGPE on DeepPoly bounds"
-	@echo "make test       run the test suite (mpi-marked tests under mpiexec -n 2, then the rest)"
+	@echo "make test       run the test suite (mpi-marked tests under mpiexec -n 2, the gpu-marked"
+	@echo "                ones on the CuPy emulator tests/gpu_emulator, then the rest)"
 	@echo "make demo-ce    standard training: CNN3 on MNIST for one epoch, then inspect the checkpoint"
 	@echo "make demo-mpi   IBP warm start, then PGPE on IBP bounds, over RANKS=$(RANKS) MPI ranks (mpiexec)"
 	@echo "make bench      run benchmarks/run.py"
@@ -72,13 +73,22 @@ test-mpi: venv
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no mpi tests: failing" >&2; fi; \
 	exit $$rc
 
-# The MPI run goes first so that the main run's summary (with its skip report) closes the
-# output; both always run, and either failing fails `make test`.
+# The gpu-marked tests once more, on tests/gpu_emulator: a strict NumPy stand-in for CuPy that
+# refuses every host/device mix a real GPU would refuse (no GPU needed; no GPU numbers either).
+test-gpu-emulated: venv
+	@$(TEST_ENV) PYTHONPATH=$(ROOT)/tests/gpu_emulator $(PY) -m pytest -m gpu -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no gpu tests: failing" >&2; fi; \
+	exit $$rc
+
+# The MPI run goes first and the main run last, so that its summary (with its skip report)
+# closes the output; all three always run, and any failing fails `make test`.
 test: venv
 	@$(MAKE) --no-print-directory test-mpi; mpi=$$?; \
+	$(MAKE) --no-print-directory test-gpu-emulated; emu=$$?; \
 	$(MAKE) --no-print-directory test-main; main=$$?; \
 	if [ $$mpi -ne 0 ]; then echo "make test: the MPI run failed (exit $$mpi)" >&2; fi; \
-	test $$mpi -eq 0 && test $$main -eq 0
+	if [ $$emu -ne 0 ]; then echo "make test: the emulated GPU run failed (exit $$emu)" >&2; fi; \
+	test $$mpi -eq 0 && test $$emu -eq 0 && test $$main -eq 0
 
 # The paper's recipe (Sec. 4, App. E.2) at CPU size: a short PGD warm start, then PGPE on the
 # DeepPoly robust loss.  Small sizes: dense DeepPoly runs at tens of network-images/s on 2 cores.

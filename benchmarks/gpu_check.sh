@@ -37,6 +37,10 @@ if ! "$py" -c 'import cupy, sys; sys.exit(cupy.cuda.runtime.getDeviceCount() < 1
     echo "gpu_check: CuPy finds no CUDA device with $py; nothing was run" >&2
     exit 2
 fi
+if "$py" -c 'import cupy, sys; sys.exit(not getattr(cupy, "EMULATED", False))' 2>/dev/null; then
+    echo "gpu_check: cupy is the NumPy emulator of tests/gpu_emulator, not CuPy; nothing was run" >&2
+    exit 2
+fi
 if ! "$py" -c 'import pytest, scipy, h5py, tqdm, matplotlib, hypothesis'; then
     echo "gpu_check: $py lacks a package gls_np or its tests need; nothing was run" >&2
     exit 2

@@ -673,9 +673,24 @@ def parse_args(argv=None):
     return args
 
 
+def emulated(device: str) -> bool:
+    """True when ``device`` is "gpu" and cupy is the test suite's NumPy emulator, not CuPy."""
+    if device != "gpu":
+        return False
+    from gls_np.backend import default_xp
+
+    return bool(getattr(default_xp(), "EMULATED", False))
+
+
 def write_json(args, peak: float, rows: list) -> None:
     """Write the GEMM peak, the options and the rows so far to ``--json`` (atomically)."""
-    out = {"gemm_gflops": peak, "gemm_size": args.gemm_size, "options": vars(args), "rows": rows}
+    out = {
+        "gemm_gflops": peak,
+        "gemm_size": args.gemm_size,
+        "emulated_gpu": emulated(args.device),
+        "options": vars(args),
+        "rows": rows,
+    }
     path = Path(args.json)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(out, indent=2))
@@ -716,6 +731,8 @@ def main(argv=None):
     except RuntimeError as exc:
         raise SystemExit(f"error: {exc}") from None
     lib = "cupy" if args.device == "gpu" else "numpy"
+    if emulated(args.device):
+        lib = "cupy = tests/gpu_emulator on NumPy: no GPU, these are not GPU numbers"
     print(f"float32 GEMM ({args.gemm_size}^3, {lib}): {peak:.1f} GFLOP/s; eps {args.eps}")
     memory = "peak GPU MB" if args.device == "gpu" else "peak RSS MB"
     print(

@@ -61,21 +61,31 @@ def is_cupy(a: Array) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def _array(a: Array) -> Array:
+    """The array under a Tensor (its ``data``), or ``a`` itself.
+
+    Arrays have a ``data`` attribute too (NumPy's a buffer, CuPy's a device pointer),
+    so only what is neither is unwrapped.
+    """
+    if isinstance(a, np.ndarray) or is_cupy(a):
+        return a
+    return getattr(a, "data", a)
+
+
 def get_xp(*arrays: Array):
     """The array module owning ``arrays``: cupy if any is a CuPy array, else numpy.
 
     Tensors are unwrapped through their ``data`` attribute.
     """
     for a in arrays:
-        a = getattr(a, "data", a)
-        if is_cupy(a):
+        if is_cupy(_array(a)):
             return _cupy()
     return np
 
 
 def to_host(a: Array) -> np.ndarray:
     """A NumPy copy (or view) of ``a``, wherever it lives."""
-    a = getattr(a, "data", a)
+    a = _array(a)
     if is_cupy(a):
         return a.get()
     return np.asarray(a)

@@ -477,8 +477,9 @@ def run(cfg: Config, comm=None) -> dict:
                 done += 1
                 loss_sum += loss * len(yb)
                 seen += len(yb)
-                if lead and step % 10 == 1:
-                    # the centre's accuracy on the batch, for the bar only: one cheap forward
+                if lead and (step % 10 == 1 or math.isnan(acc)):
+                    # the centre's accuracy on the batch, for the bar only: one cheap forward,
+                    # every 10 steps and on the first step of an epoch (a resumed one too)
                     center = method.center(state)
                     acc = float(accuracy(net.forward(to_device(xb, net.dtype), center), yb))
                 bar.update(1)

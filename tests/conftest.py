@@ -8,7 +8,8 @@ shared_dir  path to the project's shared folder (env ``GLS_NP_SHARED`` or ``<rep
 
 Markers (declared in pyproject.toml)
 ------------------------------------
-gpu   skipped unless CuPy imports and a CUDA device exists
+gpu   skipped unless CuPy imports and a CUDA device exists; with tests/gpu_emulator first on
+      the path (``make test-gpu-emulated``) they run on its strict NumPy stand-in for CuPy
 mpi   run by ``make test`` under ``mpiexec -n 2``; skipped when not launched by mpiexec
 slow  informational; deselect with ``-m "not slow"``
 
@@ -48,6 +49,18 @@ def _gpu_skip_reason() -> str | None:
     return None
 
 
+def _gpu_kind() -> str:
+    """How the gpu tests run here: on a GPU, on the NumPy emulator, or not at all (why)."""
+    reason = _gpu_skip_reason()
+    if reason is not None:
+        return f"unavailable: {reason}"
+    import cupy
+
+    if getattr(cupy, "EMULATED", False):
+        return "EMULATED on NumPy (tests/gpu_emulator: CuPy's rules, no GPU)"
+    return "available"
+
+
 def _mpi_world_size() -> int:
     """World size when launched by mpiexec (MPICH/Hydra or Open MPI), else 1."""
     for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
@@ -60,8 +73,7 @@ def _mpi_world_size() -> int:
 
 
 def pytest_report_header(config):
-    reason = _gpu_skip_reason()
-    gpu = "available" if reason is None else f"unavailable: {reason}"
+    gpu = _gpu_kind()
     mirror = os.environ.get("GLS_NP_DATA_MIRROR", "<unset>")
     return [
         f"gls_np: numpy {np.__version__}; gpu {gpu}",
