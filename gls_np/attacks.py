@@ -17,7 +17,7 @@ every example: certified lower bound <= true min margin <= PGD margin.
 from __future__ import annotations
 
 from . import ops
-from .backend import get_xp, make_rng
+from .backend import get_xp, make_rng, to_host
 from .losses import cross_entropy
 from .tensor import data, value_and_grad
 
@@ -77,9 +77,9 @@ def pgd(
     ----------
     net : gls_np.model.Sequential
     x : array (B, *in)
-        Clean inputs.
+        Clean inputs, on the network's device or on the host.
     y : int array (B,)
-        Labels.
+        Labels, likewise.
     eps : float
         Radius of the l-infinity ball.
     steps : int
@@ -102,7 +102,7 @@ def pgd(
 
     Returns
     -------
-    array like x (same shape and dtype): the best point found per example.
+    array like x (same shape, dtype and device): the best point found per example.
 
     Notes
     -----
@@ -118,11 +118,12 @@ def pgd(
         raise ValueError(
             f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}"
         )
-    xp = get_xp(x)
-    y = xp.asarray(y)
+    theta = _theta(net, params)
+    # on the network's device; a host batch is copied over and its result copied back
+    xp, host = get_xp(theta), x
+    x, y = xp.asarray(x), xp.asarray(y)
     if x.ndim < 2 or y.shape != x.shape[:1]:
         raise ValueError(f"expected x (B, *in) and y (B,), got {x.shape} and {y.shape}")
-    theta = _theta(net, params)
     step = 2.5 * eps / max(steps, 1) if step_size is None else float(step_size)
     rng = rng if hasattr(rng, "random") else make_rng(rng)
 
@@ -160,7 +161,8 @@ def pgd(
             keep_best(xa, last["score"])
             xa = xp.clip(xa + step * xp.sign(g), lo, hi)
         keep_best(xa, score(xa))
-    return best_x.astype(x.dtype)
+    best_x = best_x.astype(x.dtype)
+    return best_x if get_xp(host) is xp else to_host(best_x)
 
 
 def adversarial_accuracy(net, x, y, eps, **kwargs):

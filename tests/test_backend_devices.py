@@ -216,6 +216,15 @@ def test_pgd_stays_in_the_box_and_matches_numpy(xp, rng):
     assert_close(g, want, "adversarial points")
 
 
+def test_pgd_of_a_device_network_on_a_host_batch_returns_a_host_batch(xp, rng):
+    net = cnn3()
+    x, y, eps = problem(rng, batch=3, eps=0.1)
+    want = attacks.pgd(net, x, y, eps, steps=4, rng=np.random.default_rng(5))
+    got = attacks.pgd(on(xp, net), x, y, eps, steps=4, rng=np.random.default_rng(5))
+    assert type(got) is np.ndarray and got.dtype == x.dtype
+    assert_close(got, want, "adversarial points")
+
+
 def test_a_device_network_takes_a_host_batch(xp, rng):
     net = cnn3()
     x = rng.uniform(0, 1, (3, 1, 28, 28))
