@@ -194,15 +194,18 @@ def _checked_theta(net, theta):
 
 
 def _checked_pre(net, box: Box, pre: dict) -> dict:
-    """Check ``pre`` and return it as bare arrays, one Box (B, *shape_i) per ReLU layer."""
+    """Check ``pre`` and return it as bare arrays, one Box (B, *shape_i) per ReLU layer.
+
+    Arrays from the host are copied to the box's device, as the box's own ends are.
+    """
     relus = [i for i, layer in enumerate(net.layers) if isinstance(layer, ReLU)]
     if sorted(pre) != relus:
         raise ValueError(f"pre must bound the inputs of the ReLU layers {relus}, got {sorted(pre)}")
     shapes = net.shapes(input_shape(box))
     B = data(box.lb).shape[0]
-    out = {}
+    xp, out = get_xp(data(box.lb)), {}
     for i in relus:
-        lb, ub = data(pre[i].lb), data(pre[i].ub)
+        lb, ub = (xp.asarray(data(e), dtype=net.dtype) for e in (pre[i].lb, pre[i].ub))
         if lb.shape != (B, *shapes[i]) or ub.shape != lb.shape:
             raise ValueError(
                 f"pre[{i}] must be (B, *shape) = {(B, *shapes[i])}, got {lb.shape} and {ub.shape}"
