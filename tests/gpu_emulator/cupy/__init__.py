@@ -13,7 +13,11 @@ when code written on NumPy meets a real GPU, with CuPy 14's rules:
   cannot be a Python index (no ``__index__``);
 - ``a.data`` is a device pointer, not a buffer;
 - only the names CuPy 14.2 has exist: its top-level functions that NumPy also has
-  (``_NAMES``), and its ``ndarray`` methods (``_METHODS``).
+  (``_NAMES``) and its ``ndarray`` methods (``_METHODS``), each with CuPy's keywords
+  (``signatures.json``); ``ufunc.reduce`` and ``accumulate`` only for add and multiply,
+  ``ufunc.at`` only for add, subtract, maximum, minimum and the bitwise ones, on CuPy's dtypes;
+- a basic slice is assigned a scalar (a 0-d host array too) or a device array, never a
+  host array or list (CuPy's ``fill`` raises ValueError).
 
 Put this folder first on the path to use it (``make test-gpu-emulated``):
 ``PYTHONPATH=tests/gpu_emulator python -m pytest -m gpu``. Then ``import cupy`` anywhere,
@@ -22,10 +26,12 @@ in subprocesses too, gets this module, and ``cupy.EMULATED`` is True.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
 import weakref
+from pathlib import Path
 
 import numpy
 
@@ -38,6 +44,7 @@ transfers = {"count": 0}
 
 
 def _to_host(a):
+    """Count one device-to-host copy (of ``a``, or of a size CuPy reads); return ``a``."""
     transfers["count"] += 1
     return a
 
@@ -97,6 +104,48 @@ _METHODS = frozenset(
 )
 
 
+_SIGNATURES = json.loads((Path(__file__).with_name("signatures.json")).read_text())
+
+
+def _check_call(name, table, args, kwargs):
+    """Raise TypeError, as CuPy does, for a keyword or an argument count its signature lacks."""
+    sig = _SIGNATURES[table].get(name)
+    if sig is None:
+        return
+    if not sig["varkw"]:
+        unknown = sorted(set(kwargs) - set(sig["params"]))
+        if unknown:
+            raise TypeError(f"cupy {name}() got an unexpected keyword argument {unknown[0]!r}")
+    if not sig["varpos"] and len(args) > len(sig["params"]):
+        raise TypeError(f"cupy {name}() takes at most {len(sig['params'])} arguments")
+
+
+# CuPy 14's ufunc methods beyond __call__ (others raise NotImplementedError)
+_REDUCIBLE = {"add", "multiply"}
+_AT = {"add", "subtract", "maximum", "minimum", "bitwise_and", "bitwise_or", "bitwise_xor"}
+_AT_DTYPES = {
+    "add": "int32 int64 float16 float32 float64 uint32 uint64",
+    "maximum": "int32 int64 float32 float64 uint32 uint64",
+    "minimum": "int32 int64 float32 float64 uint32 uint64",
+}
+_UFUNC_KEYWORDS = {"out", "dtype", "casting", "where"}
+_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
+
+
+def _ufunc_method(uf, method, a=None):
+    """Raise as CuPy does for a ufunc method it does not have (for ``a``'s dtype)."""
+    if method in ("reduce", "accumulate") and uf.__name__ not in _REDUCIBLE:
+        raise NotImplementedError(f"cupy {uf.__name__}.{method} is not supported")
+    if method == "reduceat":
+        raise NotImplementedError(f"cupy {uf.__name__}.reduceat is not supported")
+    if method == "at":
+        if uf.__name__ not in _AT:
+            raise NotImplementedError(f"cupy {uf.__name__}.at is not supported")
+        dtypes = _AT_DTYPES.get(uf.__name__)
+        if dtypes and a is not None and a.dtype.name not in dtypes.split():
+            raise TypeError(f"cupy {uf.__name__}.at does not support {a.dtype}")
+
+
 def _refuse(what) -> TypeError:
     return TypeError(f"Unsupported type {type(what)} (emulated CuPy: a host array in a device op)")
 
@@ -112,11 +161,31 @@ def _device(x):
     return x
 
 
+def _host0(x) -> bool:
+    return isinstance(x, numpy.ndarray) and x.ndim == 0
+
+
+def _plain(v):
+    """A value CuPy copies to the device where needed (device arrays unwrapped)."""
+    return v._a if isinstance(v, ndarray) else v
+
+
 def _index(key):
-    """An index into a device array: device arrays unwrapped, host index arrays allowed."""
+    """An index into a device array: device arrays unwrapped, host index arrays allowed.
+
+    A 0-d device integer as a slice bound is read on the host, as CuPy does (a transfer).
+    """
     if isinstance(key, tuple):
         return tuple(_index(k) for k in key)
+    if isinstance(key, slice):
+        ends = (key.start, key.stop, key.step)
+        return slice(*(int(b) if isinstance(b, ndarray) else b for b in ends))
     return key._a if isinstance(key, ndarray) else key
+
+
+def _masked(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (ndarray, numpy.ndarray)) and k.dtype == bool for k in keys)
 
 
 def _advanced(key) -> bool:
@@ -164,6 +233,19 @@ class MemoryPointer:
 MemoryPointer.__module__ = "cupy.cuda.memory"
 
 
+class _Flags:
+    """CuPy's flags: only these three."""
+
+    def __init__(self, a):
+        self.c_contiguous = a.flags.c_contiguous
+        self.f_contiguous = a.flags.f_contiguous
+        self.owndata = a.flags.owndata
+
+    def __getitem__(self, name):
+        names = {"C_CONTIGUOUS": "c_contiguous", "F_CONTIGUOUS": "f_contiguous"}
+        return getattr(self, names.get(name, "owndata" if name == "OWNDATA" else name))
+
+
 class ndarray:
     """A device array: a NumPy array that refuses to mix with host arrays."""
 
@@ -192,6 +274,12 @@ class ndarray:
     def get(self, stream=None, order="C", out=None):
         """A host copy."""
         if out is not None:
+            if not isinstance(out, numpy.ndarray):
+                raise TypeError("Only numpy.ndarray can be obtained from cupy.ndarray")
+            if out.dtype != self.dtype or out.shape != self.shape:
+                raise (TypeError if out.dtype != self.dtype else ValueError)(
+                    f"out {out.dtype} {out.shape} does not match {self.dtype} {self.shape}"
+                )
             out[...] = _to_host(self._a)
             return out
         return numpy.array(_to_host(self._a), order=order)
@@ -200,11 +288,25 @@ class ndarray:
         """Copy a host array in."""
         if not isinstance(arr, numpy.ndarray):
             raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray, got {type(arr)}")
+        if arr.dtype != self.dtype:
+            raise TypeError(f"{arr.dtype} cannot be set to a {self.dtype} cupy.ndarray")
+        if arr.shape != self.shape:
+            raise ValueError(f"Shape mismatch: {arr.shape} cannot be set to {self.shape}")
         self._a[...] = arr
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        args = [_device(x) for x in inputs]
+        _ufunc_method(ufunc, method, inputs[0] if method == "at" else None)
+        if method == "__call__" and set(kwargs) - _UFUNC_KEYWORDS:
+            raise TypeError(f"Wrong arguments {sorted(set(kwargs) - _UFUNC_KEYWORDS)}")
+        if method == "__call__" and ufunc.__name__ in _COMPARISONS:
+            # CuPy compares with a 0-d host array through its item() (numpy#12142)
+            inputs = [x.item() if _host0(x) else x for x in inputs]
+        if method == "at":
+            args = [_device(inputs[0]), _index(inputs[1]), *(_plain(v) for v in inputs[2:])]
+        else:
+            args = [_device(x) for x in inputs]
         out = _outs(kwargs)
+        kwargs = {k: v if k == "out" else _device(v) for k, v in kwargs.items()}
         r = getattr(ufunc, method)(*args, **kwargs)
         if method == "at":
             return None
@@ -233,7 +335,7 @@ class ndarray:
     strides = property(lambda s: s._a.strides)
     itemsize = property(lambda s: s._a.itemsize)
     nbytes = property(lambda s: s._a.nbytes)
-    flags = property(lambda s: s._a.flags)
+    flags = property(lambda s: _Flags(s._a))
     T = property(lambda s: ndarray._of(s._a.T))
     mT = property(lambda s: ndarray._of(s._a.mT))
     real = property(lambda s: ndarray._of(s._a.real))
@@ -245,10 +347,16 @@ class ndarray:
     def __getattr__(self, name):
         if name not in _METHODS:
             raise AttributeError(f"'cupy.ndarray' object has no attribute '{name}'")
-        method = getattr(_to_host(self._a) if name in ("item", "tolist") else self._a, name)
+        if name == "ptp":  # NumPy 2 has the function only
+            method = lambda *a, **k: numpy.ptp(self._a, *a, **k)  # noqa: E731
+        else:
+            method = getattr(_to_host(self._a) if name in ("item", "tolist") else self._a, name)
         lenient = name in ("take", "put")  # CuPy copies host indices to the device
 
         def call(*args, **kwargs):
+            _check_call(name, "methods", args, kwargs)
+            if name == "nonzero":
+                _to_host(None)  # the count of nonzeros sizes the result
             args = [_index(a) if lenient else _device(a) for a in args]
             out = _outs(kwargs)
             r = method(*args, **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
@@ -257,16 +365,24 @@ class ndarray:
         return call
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if casting is not None or subok is not None:
+            raise TypeError("casting and subok are not supported yet (CuPy's astype)")
         return ndarray._of(self._a.astype(dtype, order=order, copy=copy))
 
     # indexing
     def __getitem__(self, key):
+        if _masked(key):
+            _to_host(None)  # the mask's count sizes the result
         return _wrap(self._a[_index(key)])
 
     def __setitem__(self, key, value):
-        if isinstance(value, numpy.ndarray) and not _advanced(key):
-            # CuPy fills a basic slice with a scalar only (ndarray.fill)
-            raise _refuse(value)
+        if not _advanced(key) and isinstance(value, (numpy.ndarray, list, tuple)):
+            if not _host0(value):
+                # CuPy fills a basic slice with a scalar only (ndarray.fill)
+                raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+            value = value.item()
+        if _masked(key):
+            _to_host(None)
         self._a[_index(key)] = value._a if isinstance(value, ndarray) else value
 
     def __len__(self):
@@ -292,10 +408,10 @@ class ndarray:
         return format(_to_host(self._a), spec) if self._a.ndim == 0 else format(repr(self), spec)
 
     def __repr__(self):
-        return repr(self._a)
+        return repr(_to_host(self._a))
 
     def __str__(self):
-        return str(self._a)
+        return str(_to_host(self._a))
 
     def __copy__(self):
         return ndarray._of(self._a.copy())
@@ -347,6 +463,7 @@ for _name, _uf in {
     "ge": numpy.greater_equal,
 }.items():
     setattr(ndarray, f"__{_name}__", _binary(_uf))
+ndarray.__divmod__ = lambda s, o: numpy.divmod(s, o)
 ndarray.__neg__ = lambda s: numpy.negative(s)
 ndarray.__pos__ = lambda s: numpy.positive(s)
 ndarray.__abs__ = lambda s: numpy.absolute(s)
@@ -361,7 +478,10 @@ class _Ufunc:
         self.__name__, self.nin, self.nout = uf.__name__, uf.nin, uf.nout
 
     def __call__(self, *args, **kwargs):
+        if set(kwargs) - _UFUNC_KEYWORDS:
+            raise TypeError(f"Wrong arguments {sorted(set(kwargs) - _UFUNC_KEYWORDS)}")
         out = _outs(kwargs)
+        kwargs = {k: v if k == "out" else _device(v) for k, v in kwargs.items()}
         r = self._uf(*_device(args), **kwargs)
         if out is not None:
             return out[0] if isinstance(out, tuple) and len(out) == 1 else out
@@ -370,35 +490,60 @@ class _Ufunc:
     def at(self, a, indices, b=None):
         if not isinstance(a, ndarray):
             raise _refuse(a)
+        _ufunc_method(self._uf, "at", a)
         b = b._a if isinstance(b, ndarray) else b
         args = (indices,) if b is None else (_index(indices), b)
         self._uf.at(a._a, *args)
 
     def reduce(self, *args, **kwargs):
+        _ufunc_method(self._uf, "reduce")
         out = _outs(kwargs)
         r = self._uf.reduce(*_device(args), **kwargs)
+        return out if out is not None else _wrap(r)
+
+    def accumulate(self, *args, **kwargs):
+        _ufunc_method(self._uf, "accumulate")
+        out = _outs(kwargs)
+        r = self._uf.accumulate(*_device(args), **kwargs)
         return out if out is not None else _wrap(r)
 
     def outer(self, a, b, **kwargs):
         return _wrap(self._uf.outer(_device(a), _device(b), **kwargs))
 
 
-def _function(f):
+# functions whose result size CuPy reads from the device first (a transfer each)
+_SIZED_ON_HOST = {"nonzero", "flatnonzero", "argwhere", "compress", "extract", "unique"}
+# functions whose second argument may be host indices (CuPy copies them over)
+_INDEXED = {"take", "put", "take_along_axis", "put_along_axis"}
+
+
+def _function(f, table="functions"):
     """A NumPy function that takes device arrays only and returns device arrays."""
+    name = f.__name__
 
     def call(*args, **kwargs):
+        _check_call(name, table, args, kwargs)
+        v = args[1] if len(args) > 1 else kwargs.get("v")
+        if name == "searchsorted" and isinstance(v, numpy.generic):
+            raise NotImplementedError("cupy.searchsorted: v must be a Python scalar or an array")
+        if name in _SIZED_ON_HOST:
+            _to_host(None)
+        if name in _INDEXED and len(args) > 1 and isinstance(args[1], numpy.ndarray):
+            args = (args[0], asarray(args[1]), *args[2:])
         out = _outs(kwargs)
         r = f(*_device(args), **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
         return out if out is not None else _wrap(r)
 
-    call.__name__ = call.__qualname__ = f.__name__
+    call.__name__ = call.__qualname__ = name
     return call
 
 
 # host <-> device: the only ways across
-def asarray(a, dtype=None, order=None, *, blocking=False):
-    """``a`` on the device: a device array as is (or cast), anything else copied over."""
+def asarray(a, dtype=None, order=None, copy=None, *, blocking=False):
+    """``a`` on the device: a device array as is (or cast, or copied); anything else copied."""
     if isinstance(a, ndarray):
+        if copy:
+            return a.astype(a.dtype if dtype is None else dtype, copy=True)
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
     return ndarray._of(numpy.array(a, dtype=dtype, order=order or "K", copy=True))
 
@@ -481,12 +626,11 @@ class _Device:
     """``cupy.cuda.Device``: one emulated device, 0, whose memory is the host's."""
 
     def __init__(self, device=None):
-        self.id = 0 if device is None else int(device)
-        if self.id != 0:
-            raise runtime.CUDARuntimeError(f"cudaErrorInvalidDevice: device {self.id}")
+        self.id = 0 if device is None else int(getattr(device, "id", device))
 
     def use(self):
-        return None
+        if self.id != 0:
+            raise runtime.CUDARuntimeError(f"cudaErrorInvalidDevice: device {self.id}")
 
     def synchronize(self):
         return None
@@ -498,6 +642,7 @@ class _Device:
     compute_capability = "00"
 
     def __enter__(self):
+        self.use()
         return self
 
     def __exit__(self, *exc):
@@ -538,7 +683,7 @@ for _name in (
     "cholesky cond cross det eig eigh eigvals eigvalsh inv lstsq matmul matrix_power "
     "matrix_rank matrix_transpose norm pinv qr slogdet solve svd tensorinv tensorsolve"
 ).split():
-    setattr(linalg, _name, _function(getattr(numpy.linalg, _name)))
+    setattr(linalg, _name, _function(getattr(numpy.linalg, _name), "linalg"))
 linalg.LinAlgError = numpy.linalg.LinAlgError
 
 for _mod in (cuda, runtime, memory, lib, stride_tricks, linalg):
