@@ -44,6 +44,8 @@ REFUSED = [
     ("cupy.maximum(d, numpy.array(0.0))", "TypeError"),
     ("d.__iadd__(h)", "TypeError"),
     ("range(cupy.asarray(3))", "TypeError"),
+    ("cupy.zeros((cupy.asarray(3), 2))", "TypeError"),
+    ("d.sum(axis=cupy.asarray(1))", "TypeError"),
     ("cupy.float32(d.sum())", "TypeError"),
     # CuPy fills a basic slice with a scalar only
     ("d.__setitem__(slice(None), h)", "ValueError"),

@@ -10,7 +10,7 @@ when code written on NumPy meets a real GPU, with CuPy 14's rules:
   functions and in-place operators raise TypeError; Python and NumPy scalars are fine, and
   so are host index arrays, which CuPy copies to the device;
 - reductions and integer indexing give 0-d device arrays, not scalars, and a device array
-  cannot be a Python index (no ``__index__``);
+  cannot be a Python index (no ``__index__``: not as a shape or an axis either);
 - ``a.data`` is a device pointer, not a buffer;
 - only the names CuPy 14.2 has exist: its top-level functions that NumPy also has
   (``_NAMES``) and its ``ndarray`` methods (``_METHODS``), each with CuPy's keywords
@@ -150,9 +150,18 @@ def _refuse(what) -> TypeError:
     return TypeError(f"Unsupported type {type(what)} (emulated CuPy: a host array in a device op)")
 
 
+class _NoIndex(numpy.ndarray):
+    """A 0-d device integer inside NumPy: a CuPy array is no Python index (shape, axis)."""
+
+    def __index__(self):
+        raise TypeError("'ndarray' object cannot be interpreted as an integer")
+
+
 def _device(x):
     """The NumPy array under a device array; host arrays refused; lists and tuples walked."""
     if isinstance(x, ndarray):
+        if x._a.ndim == 0 and x._a.dtype.kind in "iu":
+            return x._a.view(_NoIndex)
         return x._a
     if isinstance(x, numpy.ndarray):
         raise _refuse(x)
@@ -196,7 +205,7 @@ def _advanced(key) -> bool:
 def _wrap(r):
     """NumPy results as device arrays (NumPy scalars as 0-d arrays, as CuPy returns)."""
     if isinstance(r, numpy.ndarray):
-        return ndarray._of(r)
+        return ndarray._of(r if type(r) is numpy.ndarray else r.view(numpy.ndarray))
     if isinstance(r, numpy.generic):
         return ndarray._of(numpy.asarray(r))
     if isinstance(r, tuple):
