@@ -60,6 +60,9 @@ REFUSED = [
     ("d.astype('float32', casting='unsafe')", "TypeError"),
     ("cupy.sum(d, initial=0.0)", "TypeError"),
     ("cupy.searchsorted(d[0], numpy.float32(1.0))", "NotImplementedError"),
+    ("cupy.clip([1.0, 2.0], 0.0, 1.0)", "TypeError"),
+    ("cupy.sum([1.0, 2.0])", "TypeError"),
+    ("cupy.broadcast_to(2.0, (3,))", "TypeError"),
     ("d.set(numpy.ones((2, 3), dtype='float32'))", "TypeError"),
     ("d.flags.writeable", "AttributeError"),
 ]

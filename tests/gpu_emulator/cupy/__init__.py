@@ -522,6 +522,13 @@ class _Ufunc:
 
 # functions whose result size CuPy reads from the device first (a transfer each)
 _SIZED_ON_HOST = {"nonzero", "flatnonzero", "argwhere", "compress", "extract", "unique"}
+# functions whose first argument CuPy takes only as a device array (a list, a Python or
+# NumPy scalar raises: seen on the real 14.2 package)
+_ARRAY_FIRST = set(
+    """all any argmax argsort ascontiguousarray broadcast_to clip empty_like expand_dims
+    flatnonzero max mean min moveaxis ones_like pad repeat reshape searchsorted sort sum
+    swapaxes take take_along_axis where zeros_like""".split()
+)
 # functions whose second argument may be host indices (CuPy copies them over)
 _INDEXED = {"take", "put", "take_along_axis", "put_along_axis"}
 
@@ -532,8 +539,10 @@ def _function(f, table="functions"):
 
     def call(*args, **kwargs):
         _check_call(name, table, args, kwargs)
+        if name in _ARRAY_FIRST and args and not isinstance(args[0], ndarray):
+            raise TypeError(f"cupy.{name}: argument 1 must be a cupy.ndarray, not {type(args[0])}")
         v = args[1] if len(args) > 1 else kwargs.get("v")
-        if name == "searchsorted" and isinstance(v, numpy.generic):
+        if name == "searchsorted" and isinstance(v, numpy.generic) and not isinstance(v, float):
             raise NotImplementedError("cupy.searchsorted: v must be a Python scalar or an array")
         if name in _SIZED_ON_HOST:
             _to_host(None)
