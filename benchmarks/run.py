@@ -27,6 +27,9 @@ machine is noisy: compare ratios, not seconds.
 With --device gpu every array lives on the GPU (CuPy), each timed call ends with a
 device synchronisation, the GEMM peak is the GPU's, and the memory column is the
 most CuPy's memory pool held (the certify group stays on the CPU: its MILP is).
+On tests/gpu_emulator (PYTHONPATH=tests/gpu_emulator) the times are NumPy's and say nothing,
+but two more columns do: the device operations (kernel launches on a GPU) and the copies to
+the host that one call makes.
 """
 
 from __future__ import annotations
@@ -289,6 +292,7 @@ def worker(spec: dict) -> dict:
         fn = lambda: bounds.compute(net, box.lb, box.ub, kind, C=C)  # noqa: E731
     t = best_time(fn, spec["repeats"], sync)
     per_call = B * networks
+    counted = device_counts(fn) if emulated(device) else {}
     return {
         **spec,
         "unit": "network-images" if networks > 1 else "images",
@@ -297,6 +301,7 @@ def worker(spec: dict) -> dict:
         "images_per_s": per_call / t,
         "gflops": per_call * flops(net, spec["workload"]) / t / 1e9,
         **peak_memory(device),
+        **counted,
     }
 
 
@@ -682,6 +687,20 @@ def emulated(device: str) -> bool:
     return bool(getattr(default_xp(), "EMULATED", False))
 
 
+def device_counts(fn) -> dict:
+    """On the emulator: the device operations (kernel launches on a GPU) and the copies to
+    the host that one call of ``fn`` makes (tests/gpu_emulator counts both)."""
+    from gls_np.backend import default_xp
+
+    cupy = default_xp()
+    ops, copies = cupy.launches["count"], cupy.transfers["count"]
+    fn()
+    return {
+        "device_ops": cupy.launches["count"] - ops,
+        "transfers": cupy.transfers["count"] - copies,
+    }
+
+
 def write_json(args, peak: float, rows: list) -> None:
     """Write the GEMM peak, the options and the rows so far to ``--json`` (atomically)."""
     out = {
@@ -704,9 +723,10 @@ def print_row(r: dict, peak: float) -> None:
         return
     star = "*" if r["unit"] == "network-images" else " "
     memory = r.get("peak_gpu_mb", r["peak_rss_mb"])
+    counted = f"{r['device_ops']:>11,}{r['transfers']:>10,}" if "device_ops" in r else ""
     print(
         f"{lead}{r['images_per_s']:>11,.1f}{star}{r['gflops']:>8.1f}{r['gflops'] / peak:>9.1%}"
-        f"{memory:>12,.0f}",
+        f"{memory:>12,.0f}{counted}",
         flush=True,
     )
 
@@ -735,9 +755,10 @@ def main(argv=None):
         lib = "cupy = tests/gpu_emulator on NumPy: no GPU, these are not GPU numbers"
     print(f"float32 GEMM ({args.gemm_size}^3, {lib}): {peak:.1f} GFLOP/s; eps {args.eps}")
     memory = "peak GPU MB" if args.device == "gpu" else "peak RSS MB"
+    counted = f"{'device ops':>11}{'to host':>10}" if emulated(args.device) else ""
     print(
         f"{'workload':<24}{'arch':<6}{'dataset':<14}{'batch':>6}{'img/s':>12}{'GFLOP/s':>8}"
-        f"{'of peak':>9}{memory:>12}"
+        f"{'of peak':>9}{memory:>12}{counted}"
     )
     rows = []
     for spec in specs:

@@ -126,6 +126,23 @@ def test_names_missing_from_cupy_are_missing():
     assert out.split() == ["missing"] * 3
 
 
+def test_counts_launches_but_not_views():
+    out = run_emulated(
+        """
+        import cupy
+        a, n = cupy.ones((4, 4)), cupy.launches
+        c = n["count"]
+        a.T, a.reshape(16), cupy.moveaxis(a, 0, 1), a[1:], cupy.empty(3)
+        views = n["count"] - c
+        c = n["count"]
+        a + 1, cupy.exp(a), a.sum(), a[cupy.asarray([0, 1])]
+        a[0] = 2.0
+        print(views, n["count"] - c)
+        """
+    )
+    assert out.split() == ["0", "5"]
+
+
 def test_counts_transfers_and_pool_bytes():
     out = run_emulated(
         """

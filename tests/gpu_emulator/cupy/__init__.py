@@ -41,12 +41,35 @@ __version__ = "14.2.0 (NumPy emulator)"
 # device -> host copies so far (each one waits for the GPU's queued work): get, asnumpy,
 # item, tolist, and bool, int, float, complex or format of a device array
 transfers = {"count": 0}
+# device operations so far, each a kernel launch on a GPU: every ufunc call, every function
+# or method whose result is new memory (a view is no launch, nor is an empty array), every
+# gather and every slice assignment
+launches = {"count": 0}
 
 
 def _to_host(a):
     """Count one device-to-host copy (of ``a``, or of a size CuPy reads); return ``a``."""
     transfers["count"] += 1
     return a
+
+
+def _launched(r, args=()):
+    """Count ``r`` as a launch unless it is a view of one of the NumPy arrays in ``args``."""
+    first = r[0] if isinstance(r, (tuple, list)) and r else r
+    if isinstance(first, numpy.ndarray) and any(
+        isinstance(a, numpy.ndarray) and numpy.may_share_memory(first, a) for a in _flat(args)
+    ):
+        return r
+    launches["count"] += 1
+    return r
+
+
+def _flat(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        else:
+            yield a
 
 
 # CuPy 14.2's top-level names that NumPy 2 also has (dir(cupy), its submodules aside)
@@ -316,7 +339,7 @@ class ndarray:
             args = [_device(x) for x in inputs]
         out = _outs(kwargs)
         kwargs = {k: v if k == "out" else _device(v) for k, v in kwargs.items()}
-        r = getattr(ufunc, method)(*args, **kwargs)
+        r = _launched(getattr(ufunc, method)(*args, **kwargs))
         if method == "at":
             return None
         if out is not None:
@@ -333,7 +356,9 @@ class ndarray:
             return NotImplemented
         kwargs = dict(kwargs)
         out = _outs(kwargs)
-        r = func(*_device(args), **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
+        args = _device(args)
+        r = func(*args, **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
+        _launched(r, () if out is not None else args)
         return out if out is not None else _wrap(r)
 
     # attributes
@@ -369,6 +394,8 @@ class ndarray:
             args = [_index(a) if lenient else _device(a) for a in args]
             out = _outs(kwargs)
             r = method(*args, **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
+            if name not in ("item", "tolist"):
+                _launched(r if r is not None else (), () if out is not None else (self._a,))
             return out if out is not None else _wrap(r)
 
         return call
@@ -376,13 +403,16 @@ class ndarray:
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if casting is not None or subok is not None:
             raise TypeError("casting and subok are not supported yet (CuPy's astype)")
-        return ndarray._of(self._a.astype(dtype, order=order, copy=copy))
+        return ndarray._of(_launched(self._a.astype(dtype, order=order, copy=copy), (self._a,)))
 
     # indexing
     def __getitem__(self, key):
         if _masked(key):
             _to_host(None)  # the mask's count sizes the result
-        return _wrap(self._a[_index(key)])
+        r = self._a[_index(key)]
+        if isinstance(r, numpy.ndarray):
+            _launched(r, (self._a,))
+        return _wrap(r)
 
     def __setitem__(self, key, value):
         if not _advanced(key) and isinstance(value, (numpy.ndarray, list, tuple)):
@@ -392,6 +422,7 @@ class ndarray:
             value = value.item()
         if _masked(key):
             _to_host(None)
+        _launched(None)
         self._a[_index(key)] = value._a if isinstance(value, ndarray) else value
 
     def __len__(self):
@@ -491,7 +522,7 @@ class _Ufunc:
             raise TypeError(f"Wrong arguments {sorted(set(kwargs) - _UFUNC_KEYWORDS)}")
         out = _outs(kwargs)
         kwargs = {k: v if k == "out" else _device(v) for k, v in kwargs.items()}
-        r = self._uf(*_device(args), **kwargs)
+        r = _launched(self._uf(*_device(args), **kwargs))
         if out is not None:
             return out[0] if isinstance(out, tuple) and len(out) == 1 else out
         return _wrap(r)
@@ -502,22 +533,22 @@ class _Ufunc:
         _ufunc_method(self._uf, "at", a)
         b = b._a if isinstance(b, ndarray) else b
         args = (indices,) if b is None else (_index(indices), b)
-        self._uf.at(a._a, *args)
+        _launched(self._uf.at(a._a, *args))
 
     def reduce(self, *args, **kwargs):
         _ufunc_method(self._uf, "reduce")
         out = _outs(kwargs)
-        r = self._uf.reduce(*_device(args), **kwargs)
+        r = _launched(self._uf.reduce(*_device(args), **kwargs))
         return out if out is not None else _wrap(r)
 
     def accumulate(self, *args, **kwargs):
         _ufunc_method(self._uf, "accumulate")
         out = _outs(kwargs)
-        r = self._uf.accumulate(*_device(args), **kwargs)
+        r = _launched(self._uf.accumulate(*_device(args), **kwargs))
         return out if out is not None else _wrap(r)
 
     def outer(self, a, b, **kwargs):
-        return _wrap(self._uf.outer(_device(a), _device(b), **kwargs))
+        return _wrap(_launched(self._uf.outer(_device(a), _device(b), **kwargs)))
 
 
 # functions whose result size CuPy reads from the device first (a transfer each)
@@ -549,7 +580,10 @@ def _function(f, table="functions"):
         if name in _INDEXED and len(args) > 1 and isinstance(args[1], numpy.ndarray):
             args = (args[0], asarray(args[1]), *args[2:])
         out = _outs(kwargs)
-        r = f(*_device(args), **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
+        args = _device(args)
+        r = f(*args, **{k: v if k == "out" else _device(v) for k, v in kwargs.items()})
+        if name not in ("empty", "empty_like"):  # an allocation, no kernel
+            _launched(r, () if out is not None else args)
         return out if out is not None else _wrap(r)
 
     call.__name__ = call.__qualname__ = name
