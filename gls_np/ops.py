@@ -503,6 +503,11 @@ def _block_bytes(xp) -> int:
     return _BLOCK_BYTES if xp is np else _GPU_BLOCK_BYTES
 
 
+def _keep_cols_bytes(xp) -> int:
+    """Return the most column bytes a convolution keeps for its weight gradient on ``xp``."""
+    return _KEEP_COLS_BYTES if xp is np else _GPU_KEEP_COLS_BYTES
+
+
 def _conv_lead(x, W):
     """Split x's shape into (lead, batch) per the population convention."""
     nl = W.ndim - 4
@@ -786,7 +791,7 @@ def conv2d(x, W, stride=1, padding=0):
     xl = _batch_last(xs, xlead, batch)
     out_lead = Wd.shape[:-4] if Wd.ndim == 5 else lead
     # the weight gradient needs the columns again: keep them when they are small
-    keep_limit = _KEEP_COLS_BYTES if get_xp(xl) is np else _GPU_KEEP_COLS_BYTES
+    keep_limit = _keep_cols_bytes(get_xp(xl))
     keep = needs_grad(W) and _cols_bytes(xl, kh, kw, stride, padding) <= keep_limit
     out, cols = _convolved(xl, Wd, stride, padding, keep)
     out = _from_last(out, out_lead, batch)

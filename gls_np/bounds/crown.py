@@ -828,13 +828,11 @@ def _bytes_per_row(
             n_in = shapes[i][0] * size * size
             # a patch's transposed convolution holds its input and output (and as much again)
             per_side = 6 * n_in if isinstance(layer, ReLU) else n_out + 2 * n_in
-            per_side = 2 * n_in if taped else per_side
         else:
             n_in, n_out = numel(shapes[i]), numel(shapes[i + 1])
             cols = 0
             if isinstance(layer, Conv2d):
                 cols = layer.in_channels * layer.kernel_size**2 * numel(shapes[i + 1][1:])
             per_side = 6 * n_in if isinstance(layer, ReLU) else n_in + n_out + cols
-            per_side = 2 * n_in if taped else per_side
-        total += 2 * per_side
+        total += 2 * (2 * n_in if taped else per_side)
     return float(total * itemsize)

@@ -613,16 +613,11 @@ def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
     return numpy.asarray(a, order=order)
 
 
-def get_array_module(*args):
-    """This module when any argument is a device array, else NumPy."""
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else numpy
-
-
 class _MemoryPool:
     """The default memory pool, counting the bytes of the arrays that own their memory.
 
     As CuPy's pool keeps the blocks of freed arrays for reuse, ``total_bytes`` is the
-    most held at once since the last ``free_all_blocks`` (no rounding to block sizes).
+    most held at once (no rounding to block sizes). Only what gls_np and its benchmark call.
     """
 
     def __init__(self):
@@ -647,18 +642,6 @@ class _MemoryPool:
 
     def free_bytes(self):
         return self._total - self._used
-
-    def n_free_blocks(self):
-        return 0
-
-    def free_all_blocks(self, stream=None):
-        self._total = self._used
-
-    def set_limit(self, size=None, fraction=None):
-        return None
-
-    def get_limit(self):
-        return 0
 
 
 _POOL = _MemoryPool()
@@ -691,15 +674,6 @@ class _Device:
     def mem_info(self):
         return _host_memory()
 
-    compute_capability = "00"
-
-    def __enter__(self):
-        self.use()
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
 
 class CUDARuntimeError(RuntimeError):
     """CuPy's error for a failed CUDA runtime call."""
@@ -708,25 +682,20 @@ class CUDARuntimeError(RuntimeError):
 runtime = types.ModuleType("cupy.cuda.runtime")
 runtime.CUDARuntimeError = CUDARuntimeError
 runtime.getDeviceCount = lambda: 1
-runtime.getDevice = lambda: 0
-runtime.memGetInfo = _host_memory
 runtime.getDeviceProperties = lambda device: {
     "name": b"NumPy emulator (tests/gpu_emulator), not a GPU",
     "totalGlobalMem": _host_memory()[1],
 }
 memory = types.ModuleType("cupy.cuda.memory")
 memory.MemoryPointer = MemoryPointer
-memory.MemoryPool = _MemoryPool
 cuda = types.ModuleType("cupy.cuda")
 cuda.Device, cuda.runtime, cuda.memory = _Device, runtime, memory
-cuda.MemoryPointer, cuda.MemoryPool = MemoryPointer, _MemoryPool
-cuda.is_available = lambda: True
+cuda.MemoryPointer = MemoryPointer
 
 stride_tricks = types.ModuleType("cupy.lib.stride_tricks")
 stride_tricks.as_strided = lambda x, shape=None, strides=None: ndarray._of(
     numpy.lib.stride_tricks.as_strided(_device(x), shape, strides)
 )
-stride_tricks.sliding_window_view = _function(numpy.lib.stride_tricks.sliding_window_view)
 lib = types.ModuleType("cupy.lib")
 lib.stride_tricks = stride_tricks
 
